@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on Debian 12 (Debian packages, a virtualenv with the
+# test extras) and runs every check: ruff lint, ruff format, mypy --strict, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real peers the tests start on loopback (DEVELOPERS.md: real parts in tests).
+APT_PACKAGES=(secsipidx)
+python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv python3-pip)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+echo "== ruff check";  .venv/bin/ruff check daemon tests
+echo "== ruff format"; .venv/bin/ruff format --check daemon tests
+echo "== mypy --strict"; .venv/bin/mypy
+echo "== pytest";      .venv/bin/pytest "$@"
