@@ -1,0 +1,124 @@
+"""JWS building blocks for PASSporT: base64url, canonical JSON, strict JSON, ES256.
+
+RFC 8225 §6 (JWS compact serialisation), §9 (deterministic JSON), RFC 7518 §3.4
+(ES256: the signature is the 64-octet R||S, not DER).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from jwt.utils import der_to_raw_signature
+
+from stird.core.errors import Check, invalid_passport
+
+#: Upper bound on one token (a full-form PASSporT with a few SDP fingerprints is < 1 KiB;
+#: Asterisk's tested limit for one Identity header is 1,900 characters).
+MAX_TOKEN_LENGTH = 8192
+#: JSON nesting bound (PASSporT claims nest three deep; `div-o` carries a token as a string).
+MAX_JSON_DEPTH = 16
+
+# base64url = 1*( ALPHA / DIGIT / "-" / "_" )   ; RFC 4648 §5, no padding (RFC 7515 §2)
+_B64U = re.compile(r"[A-Za-z0-9_-]*")
+
+ES256_SIGNATURE_LENGTH = 64
+
+
+def b64u_encode(data: bytes) -> str:
+    """Base64url without padding (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64u_decode(text: str, what: str) -> bytes:
+    """Strict base64url decoding; raises 438 naming ``what`` on bad input."""
+    if not _B64U.fullmatch(text) or len(text) % 4 == 1:
+        raise invalid_passport(f"{what} is not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - guarded by the regex
+        raise invalid_passport(f"{what} is not base64url") from exc
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8225 §9: members sorted by code point at every level, arrays kept in order,
+    no whitespace, UTF-8. Non-ASCII is emitted as UTF-8 (see DIGEST §1.5)."""
+    return json.dumps(
+        obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise invalid_passport(f"duplicate JSON member {key!r} (RFC 8225 §9)")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    raise invalid_passport(f"JSON constant {name} is not allowed")
+
+
+def _depth(text: str) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped = not escaped and char == "\\"
+            in_string = escaped or char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """Parse a JSON object: UTF-8, bounded depth, no duplicate members, no NaN."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise invalid_passport(f"{what} is not UTF-8") from exc
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise invalid_passport(f"{what} nests deeper than {MAX_JSON_DEPTH}")
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise invalid_passport(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise invalid_passport(f"{what} is not a JSON object")
+    return obj
+
+
+_ES256 = ECAlgorithm(ECAlgorithm.SHA256)
+try:  # RFC 8225 §4.2: ES256 signers SHOULD use deterministic ECDSA (RFC 6979).
+    _SIGNING: ec.ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+    ec.generate_private_key(ec.SECP256R1()).sign(b"probe", _SIGNING)
+except Exception:  # pragma: no cover - OpenSSL < 3.2
+    _SIGNING = ec.ECDSA(hashes.SHA256())
+
+
+def es256_sign(key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> bytes:
+    """ES256 over ``signing_input``; returns R||S (RFC 7518 §3.4)."""
+    return der_to_raw_signature(key.sign(signing_input, _SIGNING), key.curve)
+
+
+def es256_verify(key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes) -> None:
+    """Verify an ES256 R||S signature; raises 438 (check=signature) when it does not hold."""
+    if len(signature) != ES256_SIGNATURE_LENGTH:
+        raise invalid_passport(
+            f"ES256 signature must be 64 octets, got {len(signature)}", Check.SIGNATURE
+        )
+    if not _ES256.verify(signing_input, key, signature):
+        raise invalid_passport("signature does not verify", Check.SIGNATURE)
