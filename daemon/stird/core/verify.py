@@ -1,0 +1,294 @@
+"""The verification service's decision (RFC 8224 §6.2), sans I/O.
+
+The caller obtains the credentials named by :func:`credential_uris` (fetching, caching,
+pinning are the services layer's business), then :func:`verify_request` runs the §6.2
+steps on every Identity header and combines them per §6.2.1 and RFC 8862 §4.4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from stird.core import certs
+from stird.core.errors import Check, SipStatus, StirError, invalid_header, invalid_passport
+from stird.core.identity import IdentityHeader, parse_identity
+from stird.core.jose import b64u_decode
+from stird.core.passport import Claims, Dest, Ppt, SignedPassport, decode, with_signature
+from stird.core.sdp import SdpKeys, mky_matches, parse_sdp_keys
+from stird.core.sipdate import parse_sip_date
+from stird.core.tn import PartyId, party_from_header, party_from_pai, party_from_uri
+from stird.core.verdict import (
+    Credential,
+    CredentialLookup,
+    Form,
+    PassportCheck,
+    SipFacts,
+    Verdict,
+    Verification,
+    VerifyPolicy,
+)
+
+#: RFC 8224 §6.2 step 1: the ppt values stird verifies (None = baseline PASSporT).
+SUPPORTED_PPT: frozenset[str | None] = frozenset({None, Ppt.SHAKEN, Ppt.MSEC})
+_ATTEST = frozenset({"A", "B", "C"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Signalling:
+    """The request's identities, parsed once (RFC 8224 §8.1)."""
+
+    origs: tuple[PartyId, ...]  # From, then PAI when policy allows
+    dests: tuple[PartyId, ...]  # To, then Request-URI
+    date: int | None
+    sdp: SdpKeys | None
+
+
+def _signalling(facts: SipFacts, policy: VerifyPolicy) -> _Signalling:
+    region = policy.default_region
+    origs: list[PartyId] = []
+    if facts.from_:
+        origs.append(party_from_header(facts.from_, default_region=region))
+    if facts.pai and policy.use_pai:
+        origs.append(party_from_pai(facts.pai, default_region=region))
+    dests: list[PartyId] = []
+    if facts.to:
+        dests.append(party_from_header(facts.to, default_region=region))
+    if facts.ruri:
+        dests.append(party_from_uri(facts.ruri.strip(), default_region=region))
+    date = parse_sip_date(facts.date) if facts.date else None
+    sdp = parse_sdp_keys(facts.sdp) if facts.sdp else None
+    return _Signalling(tuple(origs), tuple(dests), date, sdp)
+
+
+def _parse_all(values: Iterable[str]) -> list[IdentityHeader | StirError]:
+    parsed: list[IdentityHeader | StirError] = []
+    for value in values:
+        try:
+            parsed.extend(parse_identity(value))
+        except StirError as exc:
+            parsed.append(exc)
+    return parsed
+
+
+def credential_uris(facts: SipFacts) -> tuple[str, ...]:
+    """The ``info`` URIs whose credentials verification will need, in order, unique."""
+    uris: dict[str, None] = {}
+    for item in _parse_all(facts.identity):
+        if isinstance(item, IdentityHeader) and item.ppt in SUPPORTED_PPT:
+            uris[item.info] = None
+    return tuple(uris)
+
+
+def _rebuild_compact(header: IdentityHeader, sig: _Signalling) -> SignedPassport:
+    """RFC 8224 §4.1 / §6.2 step 5: rebuild header and claims from signalling."""
+    if header.ppt not in (None, Ppt.MSEC):
+        raise invalid_passport(f"compact form is not defined for ppt {header.ppt!r}")
+    if not sig.origs or not sig.dests or sig.date is None:
+        raise invalid_header("compact form needs From, To and Date to rebuild the PASSporT")
+    fps = sig.sdp.all_lines() if sig.sdp else ()
+    claims = Claims(orig=sig.origs[0], dest=Dest.of([sig.dests[0]]), iat=sig.date, mky=fps or None)
+    signature = b64u_decode(header.digest[2:], "signature")
+    return with_signature(header.passport_header(), claims, signature)
+
+
+def _passport(header: IdentityHeader, sig: _Signalling) -> SignedPassport:
+    if header.is_compact:
+        return _rebuild_compact(header, sig)
+    sp = decode(header.digest)
+    if sp.header.x5u != header.info:
+        raise invalid_header("x5u does not match info (RFC 8224 §4.1)", Check.CREDENTIAL)
+    if header.ppt is not None and header.ppt != sp.header.ppt:
+        raise invalid_passport("Identity ppt differs from the PASSporT's ppt", Check.PPT)
+    return sp
+
+
+def _check_parties(claims: Claims, sig: _Signalling) -> None:
+    """Step 2 and RFC 8225 §10.1: orig from signalling (§6.2.4), dest the called party."""
+    if sig.origs and claims.orig not in sig.origs:
+        raise invalid_header(
+            f"orig {claims.orig.value} does not match From/P-Asserted-Identity", Check.IDENTITY
+        )
+    if sig.dests and not set(claims.dest.parties()) & set(sig.dests):
+        raise invalid_header("dest matches neither To nor the Request-URI", Check.DEST)
+
+
+def _check_fresh(iat: int, sig: _Signalling, policy: VerifyPolicy, now: int) -> None:
+    """Step 4 and RFC 8224 §12.1: iat and Date within the freshness window."""
+    for name, value in (("iat", iat), ("Date", sig.date)):
+        if value is None:
+            continue
+        if now - value > policy.max_age:
+            raise StirError(
+                SipStatus.STALE_DATE, f"{name} is {now - value} s old", check=Check.FRESHNESS
+            )
+        if value - now > policy.max_skew:
+            raise StirError(
+                SipStatus.STALE_DATE,
+                f"{name} lies {value - now} s in the future",
+                check=Check.FRESHNESS,
+            )
+
+
+def _credential(info: str, credentials: CredentialLookup) -> Credential:
+    found = credentials.get(info)
+    if isinstance(found, StirError):
+        raise found
+    if found is None or not found.chain:
+        raise StirError(
+            SipStatus.BAD_IDENTITY_INFO, f"no credential for {info}", check=Check.CREDENTIAL
+        )
+    return found
+
+
+def _check_trust(cred: Credential, iat: int, policy: VerifyPolicy) -> None:
+    certs.check_signing_key(cred.chain[0])
+    if cred.pinned:
+        certs.check_validity(cred.chain[0], iat)
+        return
+    if not policy.anchors:
+        raise StirError(
+            SipStatus.UNSUPPORTED_CREDENTIAL, "no trust anchors configured", check=Check.TRUST
+        )
+    certs.validate_chain(cred.chain, policy.anchors, iat)
+
+
+def _check_authority(sp: SignedPassport, cred: Credential, policy: VerifyPolicy) -> None:
+    """RFC 8226 §9 / RFC 8862 §4.1: the credential covers orig."""
+    orig = sp.claims.orig
+    if sp.ppt == Ppt.SHAKEN and policy.shaken_spc_authorizes and policy.spc_tns is None:
+        tal = certs.tnauthlist_of(cred.chain[0])
+        if tal is not None and tal.spcs:
+            return
+    certs.check_authority(cred.chain, orig.kind.value, orig.value, policy.spc_tns)
+
+
+def _check_extension(sp: SignedPassport, sig: _Signalling) -> None:
+    """msec (RFC 8862 §3, §4; RFC 8224 §4.1 mky) and shaken (RFC 8588 §4) claims."""
+    mky = sp.claims.mky
+    if sp.ppt == Ppt.MSEC:
+        if sig.sdp is None or not sig.sdp.all_lines():
+            raise invalid_header("msec needs an SDP with a=fingerprint", Check.MKY)
+        if sig.sdp.has_k_line:
+            raise invalid_header("SDP k= lines are not allowed with msec (RFC 8862 §3)", Check.MKY)
+        if mky is None:
+            raise invalid_passport("msec PASSporT without mky", Check.MKY)
+    if (
+        mky is not None
+        and sig.sdp is not None
+        and not mky_matches([fp.claim() for fp in mky], sig.sdp)
+    ):
+        raise invalid_header("mky does not match the SDP fingerprints", Check.MKY)
+    if sp.ppt == Ppt.SHAKEN and sp.claims.attest not in _ATTEST:
+        raise invalid_passport("shaken attest must be A, B or C (RFC 8588 §4)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """Everything one request's headers are checked against."""
+
+    sig: _Signalling
+    credentials: CredentialLookup
+    policy: VerifyPolicy
+    now: int
+
+
+def _check_one(header: IdentityHeader, sp: SignedPassport, ctx: _Context) -> Credential:
+    """RFC 8224 §6.2 steps 2–5 (and the extension's rules) on a decoded PASSporT."""
+    _check_parties(sp.claims, ctx.sig)
+    _check_fresh(sp.claims.iat, ctx.sig, ctx.policy, ctx.now)
+    cred = _credential(header.info, ctx.credentials)
+    _check_trust(cred, sp.claims.iat, ctx.policy)
+    sp.verify(certs.check_signing_key(cred.chain[0]))
+    _check_authority(sp, cred, ctx.policy)
+    _check_extension(sp, ctx.sig)
+    return cred
+
+
+def _result(
+    index: int,
+    header: IdentityHeader,
+    sp: SignedPassport | None = None,
+    cred: Credential | None = None,
+    error: StirError | None = None,
+) -> PassportCheck:
+    ppt = sp.ppt if sp is not None else header.ppt
+    details: dict[str, Any] = {}
+    if sp is not None:
+        c = sp.claims
+        details = {"orig": c.orig, "dest": c.dest.parties(), "iat": c.iat, "attest": c.attest}
+        details.update(origid=c.origid, compact=sp.compact)
+    if cred is not None:
+        details["signer"] = cred.chain[0].subject.rfc4514_string()
+    return PassportCheck(
+        index=index,
+        supported=ppt in SUPPORTED_PPT,
+        form=Form.COMPACT if header.is_compact else Form.FULL,
+        ppt=ppt,
+        info=header.info,
+        error=error,
+        **details,
+    )
+
+
+def _check_header(index: int, header: IdentityHeader, ctx: _Context) -> PassportCheck:
+    """Run RFC 8224 §6.2 steps 1–5 on one Identity header."""
+    if header.ppt not in SUPPORTED_PPT:  # step 1: ignore unsupported ppt
+        return _result(index, header)
+    sp: SignedPassport | None = None
+    try:
+        sp = _passport(header, ctx.sig)
+        if sp.ppt not in SUPPORTED_PPT:
+            return _result(index, header, sp)
+        cred = _check_one(header, sp, ctx)
+    except StirError as exc:
+        return _result(index, header, sp, error=exc)
+    return _result(index, header, sp, cred)
+
+
+def _combine(checks: list[PassportCheck], facts: SipFacts, policy: VerifyPolicy) -> Verification:
+    """RFC 8224 §6.2.1 and §6.2.2, RFC 8862 §4.4."""
+    supported = [c for c in checks if c.supported]
+    if not checks or not supported:
+        verdict = Verdict.NO_IDENTITY if not checks else Verdict.UNSUPPORTED
+        status = (
+            SipStatus.USE_IDENTITY_HEADER if not checks else SipStatus.USE_SUPPORTED_PASSPORT_FORMAT
+        )
+        code = status if policy.require_identity else None
+        return Verification(
+            verdict, code, None if code is None else "no usable Identity header", tuple(checks)
+        )
+    failed = [c for c in supported if c.error is not None]
+    msec_failed = [c for c in failed if c.ppt == Ppt.MSEC and facts.dialog_forming]
+    valid = [c for c in supported if c.error is None]
+    if valid and not msec_failed:
+        attest = min((c.attest for c in valid if c.attest), default=None)
+        return Verification(Verdict.VALID, None, None, tuple(checks), attest)
+    worst = _pick_error(msec_failed or failed)
+    return Verification(Verdict.INVALID, worst.status, worst.detail, tuple(checks))
+
+
+def _pick_error(failed: list[PassportCheck]) -> StirError:
+    """436 only when every header failed on its credential (RFC 8224 §6.2.2)."""
+    errors = [c.error for c in failed if c.error is not None]
+    not_436 = [e for e in errors if e.status is not SipStatus.BAD_IDENTITY_INFO]
+    return (not_436 or errors)[0]
+
+
+def verify_request(
+    facts: SipFacts, credentials: CredentialLookup, policy: VerifyPolicy, now: int
+) -> Verification:
+    """Verify every Identity header of a request and decide (RFC 8224 §6.2)."""
+    try:
+        sig = _signalling(facts, policy)
+    except StirError as exc:
+        return Verification(Verdict.INVALID, exc.status, exc.detail, ())
+    ctx = _Context(sig, credentials, policy, now)
+    checks: list[PassportCheck] = []
+    for index, item in enumerate(_parse_all(facts.identity)):
+        if isinstance(item, StirError):
+            checks.append(PassportCheck(index=index, supported=True, error=item))
+        else:
+            checks.append(_check_header(index, item, ctx))
+    return _combine(checks, facts, policy)
