@@ -1,0 +1,195 @@
+"""The ``stird`` command line: offline tools for operators and tests.
+
+    stird keygen  --out DIR
+    stird cert    --key KEY [--tn N ...] [--tn-range START,COUNT ...] [--spc CODE]
+                  [--uri URI ...] [--anonymous] [--days D] [--ca] [--issuer-key K
+                  --issuer-cert C] --out CERT.pem
+    stird sign    --key KEY --x5u URL --orig ID --dest ID [...] [--ppt msec|shaken|none]
+                  [--attest A|B|C] [--origid UUID] [--sdp FILE] [--iat EPOCH] [--compact]
+    stird verify  --identity VALUE [...] [--from URI] [--to URI] [--date HTTP-DATE]
+                  [--sdp FILE] (--cert PEM | --trust-anchor PEM ...) [--now EPOCH]
+                  [--max-age SECONDS]
+    stird decode  VALUE
+
+Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stird.adapters import keyfiles as keys
+from stird.cli_args import build_parser
+from stird.core import certs
+from stird.core.errors import StirError
+from stird.core.identity import parse_identity
+from stird.core.passport import Attest, Ppt, decode_json
+from stird.core.sign import SignRequest, sign_request
+from stird.core.tn import parse_cli_id
+from stird.core.verdict import Credential, SipFacts, VerifyPolicy
+from stird.core.verify import credential_uris, verify_request
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported on stderr with exit status 2."""
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    private, public = keys.write_keypair(Path(args.out), force=args.force)
+    print(json.dumps({"private_key": str(private), "public_key": str(public)}))
+    return EXIT_OK
+
+
+def _range(text: str) -> certs.TnRange:
+    start, sep, count = text.partition(",")
+    if not sep or not start or not count.isdigit():
+        raise UsageError(f"--tn-range wants START,COUNT, not {text!r}")
+    return certs.TnRange(parse_cli_id(start).value, int(count))
+
+
+def cmd_cert(args: argparse.Namespace) -> int:
+    key = keys.load_private_key(Path(args.key))
+    now = _now()
+    if args.anonymous:
+        cert = certs.make_anonymous_cert(key, now=now, days=args.days)
+    else:
+        issuer_key = keys.load_private_key(Path(args.issuer_key)) if args.issuer_key else None
+        issuer_cert = keys.load_cert(Path(args.issuer_cert)) if args.issuer_cert else None
+        if (issuer_key is None) != (issuer_cert is None):
+            raise UsageError("--issuer-key and --issuer-cert go together")
+        cert = certs.make_stir_cert(
+            key,
+            now=now,
+            days=args.days,
+            tns=[parse_cli_id(t).value for t in args.tn],
+            ranges=[_range(r) for r in args.tn_range],
+            spcs=args.spc,
+            uris=args.uri,
+            issuer_key=issuer_key,
+            issuer_cert=issuer_cert,
+            ca=args.ca,
+        )
+    keys.write_public_file(Path(args.out), certs.cert_to_pem(cert))
+    return EXIT_OK
+
+
+def _ppt(text: str) -> Ppt | None:
+    return None if text == "none" else Ppt(text)
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    key = keys.load_private_key(Path(args.key))
+    ppt = _ppt(args.ppt)
+    origid = args.origid
+    if ppt == Ppt.SHAKEN and origid is None:
+        origid = str(uuid.uuid4())  # RFC 8588 §10: a unique origid per call
+    request = SignRequest(
+        orig=parse_cli_id(args.orig),
+        dest=tuple(parse_cli_id(d) for d in args.dest),
+        iat=args.iat if args.iat is not None else _now(),
+        ppt=ppt,
+        attest=(args.attest or Attest.A.value) if ppt == Ppt.SHAKEN else args.attest,
+        origid=origid,
+        sdp=_read_text(args.sdp, "SDP") if args.sdp else None,
+        compact=args.compact,
+    )
+    _, header = sign_request(request, key, args.x5u)
+    print(header.format())
+    return EXIT_OK
+
+
+def _credentials(args: argparse.Namespace, facts: SipFacts) -> dict[str, Credential | StirError]:
+    anchors = [c for path in args.trust_anchor for c in keys.load_certs(Path(path))]
+    if args.cert:
+        chain = keys.load_certs(Path(args.cert))
+        cred = Credential(chain=chain, pinned=not anchors)
+        return dict.fromkeys(credential_uris(facts), cred)
+    found: dict[str, Credential | StirError] = {}
+    for uri in credential_uris(facts):
+        found[uri] = keys.credential_from_file_uri(uri)
+    return found
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if not args.cert and not args.trust_anchor:
+        raise UsageError("verify needs --cert or --trust-anchor")
+    facts = SipFacts(
+        identity=tuple(args.identity),
+        from_=args.from_,
+        to=args.to,
+        date=args.date,
+        sdp=_read_text(args.sdp, "SDP") if args.sdp else None,
+    )
+    anchors = tuple(c for path in args.trust_anchor for c in keys.load_certs(Path(path)))
+    policy = VerifyPolicy(anchors=anchors, max_age=args.max_age, default_region=args.region)
+    now = args.now if args.now is not None else _now()
+    result = verify_request(facts, _credentials(args, facts), policy, now)
+    print(json.dumps(result.to_json(), indent=2))
+    return EXIT_OK if result.verdict == "valid" else EXIT_INVALID
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    out: list[dict[str, Any]] = []
+    value = args.value.strip()
+    if ";" not in value and value.count(".") == 2 and not value.startswith(".."):
+        header_json, claims_json = decode_json(value)  # a bare full-form PASSporT
+        print(json.dumps({"header": header_json, "claims": claims_json}, indent=2))
+        return EXIT_OK
+    for header in parse_identity(value):
+        entry: dict[str, Any] = {"info": header.info, "alg": header.alg, "ppt": header.ppt}
+        entry["params"] = dict(header.params)
+        if header.is_compact:
+            entry["form"] = "compact"
+        else:
+            entry["form"] = "full"
+            entry["header"], entry["claims"] = decode_json(header.digest)
+        out.append(entry)
+    print(json.dumps(out[0] if len(out) == 1 else out, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    return build_parser(
+        keygen=cmd_keygen, cert=cmd_cert, sign=cmd_sign, verify=cmd_verify, decode=cmd_decode
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = args.func(args)
+    except (UsageError, keys.KeyFileError) as exc:
+        print(f"stird {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StirError as exc:
+        print(f"stird {args.command}: {exc.code} {exc.reason}: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

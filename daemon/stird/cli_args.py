@@ -1,0 +1,92 @@
+"""Argument parser of the ``stird`` command (kept apart from the commands)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _epoch(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a POSIX time in seconds: {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _keygen(sub: Any, run: Command) -> None:
+    p = sub.add_parser("keygen", help="generate a P-256 signing key pair")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the PEM files")
+    p.add_argument("--force", action="store_true", help="replace existing files")
+    p.set_defaults(func=run)
+
+
+def _cert(sub: Any, run: Command) -> None:
+    p = sub.add_parser("cert", help="make a STIR certificate (RFC 8226)")
+    p.add_argument("--key", required=True, help="private key PEM of the subject")
+    p.add_argument("--tn", action="append", default=[], help="a telephone number it covers")
+    p.add_argument("--tn-range", action="append", default=[], metavar="START,COUNT")
+    p.add_argument("--spc", action="append", default=[], help="service provider code")
+    p.add_argument("--uri", action="append", default=[], help="SAN URI, e.g. sip:alice@example.com")
+    p.add_argument(
+        "--anonymous", action="store_true", help="one-time anonymous cert (RFC 8862 §4.2)"
+    )
+    p.add_argument("--days", type=_positive, default=365)
+    p.add_argument("--ca", action="store_true", help="make a CA certificate")
+    p.add_argument("--issuer-key", help="sign with this CA key instead of self-signing")
+    p.add_argument("--issuer-cert", help="the CA certificate that goes with --issuer-key")
+    p.add_argument("--out", required=True, metavar="CERT.pem")
+    p.set_defaults(func=run)
+
+
+def _sign(sub: Any, run: Command) -> None:
+    p = sub.add_parser("sign", help="print an Identity header value")
+    p.add_argument("--key", required=True)
+    p.add_argument("--x5u", required=True, metavar="URL")
+    p.add_argument("--orig", required=True, metavar="ID")
+    p.add_argument("--dest", required=True, action="append", metavar="ID")
+    p.add_argument("--ppt", choices=["msec", "shaken", "none"], default="msec")
+    p.add_argument("--attest", choices=["A", "B", "C"])
+    p.add_argument("--origid", metavar="UUID")
+    p.add_argument("--sdp", metavar="FILE")
+    p.add_argument("--iat", type=_epoch, metavar="EPOCH")
+    p.add_argument("--compact", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _verify(sub: Any, run: Command) -> None:
+    p = sub.add_parser("verify", help="verify Identity headers; prints a JSON verdict")
+    p.add_argument("--identity", required=True, action="append", metavar="VALUE")
+    p.add_argument("--from", dest="from_", metavar="URI")
+    p.add_argument("--to", metavar="URI")
+    p.add_argument("--date", metavar="HTTP-DATE")
+    p.add_argument("--sdp", metavar="FILE")
+    p.add_argument("--cert", metavar="PEM", help="use this certificate (chain) for every info")
+    p.add_argument("--trust-anchor", action="append", default=[], metavar="PEM")
+    p.add_argument("--now", type=_epoch, metavar="EPOCH")
+    p.add_argument("--max-age", type=_positive, default=60, metavar="SECONDS")
+    p.add_argument("--region", default=None, help="region for national numbers, e.g. US")
+    p.set_defaults(func=run)
+
+
+def _decode(sub: Any, run: Command) -> None:
+    p = sub.add_parser("decode", help="show header and claims without verifying")
+    p.add_argument("value", help="an Identity header value or a PASSporT")
+    p.set_defaults(func=run)
+
+
+def build_parser(**commands: Command) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stird", description="STIR companion daemon tools")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, add in (("keygen", _keygen), ("cert", _cert), ("sign", _sign)):
+        add(sub, commands[name])
+    _verify(sub, commands["verify"])
+    _decode(sub, commands["decode"])
+    return parser
