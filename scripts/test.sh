@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers the tests start on loopback (DEVELOPERS.md: real parts in tests).
-APT_PACKAGES=(secsipidx)
+APT_PACKAGES=(secsipidx redis-server)
 python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv python3-pip)
 
 missing=()
