@@ -11,6 +11,9 @@ import pytest
 
 from stird.cli import main
 
+#: Fixture modules shared across the test tree.
+pytest_plugins = ["tests.fixtures_redis", "tests.tlspki"]
+
 
 @dataclass(frozen=True)
 class CliResult:

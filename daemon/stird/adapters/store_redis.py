@@ -1,0 +1,89 @@
+"""The Redis :class:`~stird.services.ports.KeyValueStore`, shared by several stird instances.
+
+Every operation is bounded by ``timeout`` (socket timeouts, no client-side retries and an
+overall deadline); any Redis error or timeout becomes
+:class:`~stird.services.stores.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Self, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from stird.services.stores import StoreUnavailable
+
+_T = TypeVar("_T")
+
+
+def _px(ttl: float) -> int:
+    """TTL in whole milliseconds, at least 1 (Redis rejects PX 0)."""
+    return max(1, math.ceil(ttl * 1000))
+
+
+class RedisStore:
+    """Keys are namespaced by ``prefix``; values are bytes; TTLs use ``SET … PX``."""
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "stird:",
+        timeout: float = 0.5,
+    ) -> None:
+        self._prefix = prefix
+        self._timeout = timeout
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _call(self, operation: Awaitable[_T]) -> _T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call(self._redis.get(self._prefix + key))
+        if value is None or isinstance(value, bytes):
+            return value
+        raise StoreUnavailable(f"redis: unexpected reply type {type(value).__name__}")
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(self._redis.set(self._prefix + key, value, px=_px(ttl)))
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        stored = await self._call(self._redis.set(self._prefix + key, value, px=_px(ttl), nx=True))
+        return bool(stored)
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._redis.delete(self._prefix + key))
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the server answers PING."""
+        await self._call(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

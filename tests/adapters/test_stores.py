@@ -1,0 +1,223 @@
+"""KeyValueStore contract, run against the memory store (fake clock) and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from stird.adapters.store_memory import MemoryStore
+from stird.adapters.store_redis import RedisStore
+from stird.services.ports import KeyValueStore
+from stird.services.stores import StoreUnavailable
+from tests.fixtures_redis import free_port
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Kit:
+    store: KeyValueStore
+    advance: Callable[[float], Awaitable[None]]  # let this many seconds pass
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def kit(request: pytest.FixtureRequest) -> AsyncIterator[Kit]:
+    if request.param == "memory":
+        clock = FakeClock()
+
+        async def tick(seconds: float) -> None:
+            clock.now += seconds
+
+        yield Kit(MemoryStore(clock=clock), tick)
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        async with RedisStore(url, prefix=f"kit:{uuid.uuid4().hex}:", timeout=2.0) as store:
+            yield Kit(store, asyncio.sleep)
+
+
+async def test_get_missing(kit: Kit) -> None:
+    assert await kit.store.get("nope") is None
+
+
+async def test_set_get_overwrite(kit: Kit) -> None:
+    await kit.store.set("k", b"one", 10)
+    assert await kit.store.get("k") == b"one"
+    await kit.store.set("k", b"two", 10)
+    assert await kit.store.get("k") == b"two"
+
+
+async def test_binary_values_round_trip(kit: Kit) -> None:
+    value = bytes(range(256)) * 4
+    await kit.store.set("bin", value, 10)
+    assert await kit.store.get("bin") == value
+
+
+async def test_add_only_when_absent(kit: Kit) -> None:
+    assert await kit.store.add("k", b"first", 10) is True
+    assert await kit.store.add("k", b"second", 10) is False
+    assert await kit.store.get("k") == b"first"
+
+
+async def test_add_is_atomic_under_concurrency(kit: Kit) -> None:
+    results = await asyncio.gather(*(kit.store.add("race", b"%d" % i, 10) for i in range(50)))
+    assert results.count(True) == 1
+
+
+async def test_delete(kit: Kit) -> None:
+    await kit.store.set("k", b"v", 10)
+    await kit.store.delete("k")
+    assert await kit.store.get("k") is None
+    await kit.store.delete("k")  # deleting a missing key is fine
+    assert await kit.store.add("k", b"again", 10) is True
+
+
+async def test_ttl_expiry(kit: Kit) -> None:
+    await kit.store.set("short", b"v", 0.1)
+    await kit.store.set("long", b"v", 10)
+    assert await kit.store.get("short") == b"v"
+    await kit.advance(0.25)
+    assert await kit.store.get("short") is None
+    assert await kit.store.get("long") == b"v"
+
+
+async def test_add_succeeds_after_expiry(kit: Kit) -> None:
+    assert await kit.store.add("k", b"old", 0.1) is True
+    await kit.advance(0.25)
+    assert await kit.store.add("k", b"new", 10) is True
+    assert await kit.store.get("k") == b"new"
+
+
+async def test_set_renews_ttl(kit: Kit) -> None:
+    await kit.store.set("k", b"v", 0.1)
+    await kit.store.set("k", b"v2", 10)
+    await kit.advance(0.25)
+    assert await kit.store.get("k") == b"v2"
+
+
+async def test_tiny_ttl_is_floored_not_rejected(kit: Kit) -> None:
+    await kit.store.set("k", b"v", 0)
+    await kit.store.set("k2", b"v", 0.00001)
+    assert await kit.store.add("k3", b"v", -5) is True
+    await kit.advance(0.05)
+    assert await kit.store.get("k") is None
+    assert await kit.store.get("k3") is None
+
+
+# -- memory store ----------------------------------------------------------------------
+
+
+async def test_memory_bounded_evicts_soonest_expiring() -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_entries=3, clock=clock)
+    await store.set("a", b"a", 100)
+    await store.set("b", b"b", 10)
+    await store.set("c", b"c", 50)
+    await store.set("d", b"d", 70)
+    assert len(store) == 3
+    assert await store.get("b") is None
+    assert {k for k in "acd" if await store.get(k) is not None} == {"a", "c", "d"}
+
+
+async def test_memory_overwrite_at_capacity_does_not_evict() -> None:
+    store = MemoryStore(max_entries=2, clock=FakeClock())
+    await store.set("a", b"1", 10)
+    await store.set("b", b"1", 20)
+    await store.set("a", b"2", 30)
+    assert len(store) == 2
+    assert await store.get("b") == b"1"
+
+
+async def test_memory_expired_entries_do_not_count() -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_entries=10, clock=clock)
+    for i in range(10):
+        await store.set(f"k{i}", b"v", 5)
+    clock.now += 6
+    assert len(store) == 0
+    for i in range(10):
+        assert await store.add(f"n{i}", b"v", 5)
+    assert len(store) == 10
+
+
+async def test_memory_stays_bounded_under_churn() -> None:
+    clock = FakeClock()
+    store = MemoryStore(max_entries=100, clock=clock)
+    for i in range(5_000):
+        await store.set(f"k{i % 300}", b"v", 1 + i % 17)
+        clock.now += 0.001
+    assert len(store) <= 100
+    assert len(store._heap) <= 2 * 100 + 64 + 1  # stale heap items are compacted away
+
+
+async def test_memory_rejects_zero_capacity() -> None:
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStore(max_entries=0)
+
+
+# -- Redis store -----------------------------------------------------------------------
+
+
+async def test_redis_ping_and_context_manager(redis_url: str) -> None:
+    async with RedisStore(redis_url, prefix="ctx:") as store:
+        await store.ping()
+        await store.set("k", b"v", 1)
+        assert await store.get("k") == b"v"
+
+
+async def test_redis_prefixes_isolate(redis_url: str, redis_store: RedisStore) -> None:
+    async with RedisStore(redis_url, prefix="other:") as other:
+        await redis_store.set("same-name", b"one", 5)
+        assert await other.get("same-name") is None
+        assert await other.add("same-name", b"two", 5) is True
+        assert await redis_store.get("same-name") == b"one"
+        await other.delete("same-name")
+
+
+async def _all_ops_fail(store: RedisStore, within: float) -> None:
+    ops: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.get("k"),
+        lambda: store.set("k", b"v", 1),
+        lambda: store.add("k", b"v", 1),
+        lambda: store.delete("k"),
+        store.ping,
+    ]
+    for op in ops:
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="redis"):
+            await op()
+        assert time.monotonic() - start < within
+
+
+async def test_redis_down_raises_store_unavailable() -> None:
+    async with RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2) as store:
+        await _all_ops_fail(store, within=0.5)
+
+
+async def test_redis_silent_server_times_out() -> None:
+    """A peer that accepts but never answers: the timeout bounds every call."""
+    conns: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.15) as store:
+            await _all_ops_fail(store, within=0.5)
+    finally:
+        for writer in conns:
+            writer.close()
+        server.close()
+        await server.wait_closed()
