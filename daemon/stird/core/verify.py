@@ -7,7 +7,7 @@ steps on every Identity header and combines them per §6.2.1 and RFC 8862 §4.4.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +247,7 @@ def _check_header(index: int, header: IdentityHeader, ctx: _Context) -> Passport
     return _result(index, header, sp, cred)
 
 
-def _combine(checks: list[PassportCheck], facts: SipFacts, policy: VerifyPolicy) -> Verification:
+def decide(checks: Sequence[PassportCheck], facts: SipFacts, policy: VerifyPolicy) -> Verification:
     """RFC 8224 §6.2.1 and §6.2.2, RFC 8862 §4.4."""
     supported = [c for c in checks if c.supported]
     if not checks or not supported:
@@ -291,4 +291,4 @@ def verify_request(
             checks.append(PassportCheck(index=index, supported=True, error=item))
         else:
             checks.append(_check_header(index, item, ctx))
-    return _combine(checks, facts, policy)
+    return decide(checks, facts, policy)
