@@ -7,8 +7,8 @@
     stird sign    --key KEY --x5u URL --orig ID --dest ID [...] [--ppt msec|shaken|none]
                   [--attest A|B|C] [--origid UUID] [--sdp FILE] [--iat EPOCH] [--compact]
     stird verify  --identity VALUE [...] [--from URI] [--to URI] [--date HTTP-DATE]
-                  [--sdp FILE] (--cert PEM | --trust-anchor PEM ...) [--now EPOCH]
-                  [--max-age SECONDS]
+                  [--sdp FILE] (--cert PEM | --trust-anchor PEM ... | --fetch ...)
+                  [--now EPOCH] [--max-age SECONDS]
     stird decode  VALUE
 
 Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error.
@@ -17,7 +17,10 @@ Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or i
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import json
+import ssl
 import sys
 import time
 import uuid
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from stird.adapters import keyfiles as keys
+from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
+from stird.adapters.store_memory import MemoryStore
 from stird.cli_args import build_parser
 from stird.core import certs
 from stird.core.errors import StirError
@@ -34,7 +39,12 @@ from stird.core.passport import Attest, Ppt, decode_json
 from stird.core.sign import SignRequest, sign_request
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, SipFacts, VerifyPolicy
-from stird.core.verify import credential_uris, verify_request
+from stird.core.verify import credential_uris
+from stird.services.certcache import CertificateCache
+from stird.services.credentials import StaticCredentials
+from stird.services.ports import CredentialProvider
+from stird.services.verdicts import CallVerdict, ServicePolicy
+from stird.services.verification import VerificationService
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -130,9 +140,44 @@ def _credentials(args: argparse.Namespace, facts: SipFacts) -> dict[str, Credent
     return found
 
 
+def _fetch_policy(args: argparse.Namespace) -> FetchPolicy:
+    try:
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in args.allow_network)
+    except ValueError as exc:
+        raise UsageError(f"--allow-network: {exc}") from exc
+    return FetchPolicy(
+        timeout=args.timeout,
+        allow_http=args.allow_http,
+        allow_networks=networks,
+        allow_hosts=tuple(args.allow_host),
+    )
+
+
+async def _run_verify(
+    args: argparse.Namespace, facts: SipFacts, policy: ServicePolicy
+) -> CallVerdict:
+    now = args.now if args.now is not None else _now()
+    fetcher: HttpCertificateFetcher | None = None
+    provider: CredentialProvider
+    if args.fetch:
+        tls = ssl.create_default_context(cafile=args.tls_ca) if args.tls_ca else None
+        fetcher = HttpCertificateFetcher(_fetch_policy(args), ssl_context=tls)
+        provider = CertificateCache(fetcher)
+    else:
+        provider = StaticCredentials(_credentials(args, facts))
+    service = VerificationService(provider, MemoryStore(), policy, clock=lambda: now)
+    try:
+        return await service.verify(facts)
+    finally:
+        if fetcher is not None:
+            await fetcher.close()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    if not args.cert and not args.trust_anchor:
-        raise UsageError("verify needs --cert or --trust-anchor")
+    if not (args.cert or args.trust_anchor or args.fetch):
+        raise UsageError("verify needs --cert, --trust-anchor or --fetch")
+    if args.cert and args.fetch:
+        raise UsageError("--cert and --fetch exclude each other")
     facts = SipFacts(
         identity=tuple(args.identity),
         from_=args.from_,
@@ -141,9 +186,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         sdp=_read_text(args.sdp, "SDP") if args.sdp else None,
     )
     anchors = tuple(c for path in args.trust_anchor for c in keys.load_certs(Path(path)))
-    policy = VerifyPolicy(anchors=anchors, max_age=args.max_age, default_region=args.region)
-    now = args.now if args.now is not None else _now()
-    result = verify_request(facts, _credentials(args, facts), policy, now)
+    verify = VerifyPolicy(anchors=anchors, max_age=args.max_age, default_region=args.region)
+    # One-shot: nothing to remember between runs, so no TOFU pins and no replay state.
+    policy = ServicePolicy(verify=verify, tofu=False, replay=False, deadline=args.timeout + 1)
+    result = asyncio.run(_run_verify(args, facts, policy))
     print(json.dumps(result.to_json(), indent=2))
     return EXIT_OK if result.verdict == "valid" else EXIT_INVALID
 

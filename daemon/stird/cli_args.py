@@ -21,6 +21,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 60:
+        raise argparse.ArgumentTypeError(f"not a number of seconds in (0, 60]: {text!r}")
+    return value
+
+
 def _keygen(sub: Any, run: Command) -> None:
     p = sub.add_parser("keygen", help="generate a P-256 signing key pair")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the PEM files")
@@ -73,6 +83,14 @@ def _verify(sub: Any, run: Command) -> None:
     p.add_argument("--now", type=_epoch, metavar="EPOCH")
     p.add_argument("--max-age", type=_positive, default=60, metavar="SECONDS")
     p.add_argument("--region", default=None, help="region for national numbers, e.g. US")
+    p.add_argument("--fetch", action="store_true", help="download credentials from info/x5u")
+    p.add_argument("--timeout", type=_seconds, default=2.0, help="fetch timeout (default 2 s)")
+    p.add_argument("--allow-http", action="store_true", help="also fetch http:// (labs)")
+    p.add_argument("--allow-network", action="append", default=[], metavar="CIDR",
+                   help="fetch from these otherwise refused addresses (labs)")  # fmt: skip
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="do not vet the addresses of this host name (labs)")  # fmt: skip
+    p.add_argument("--tls-ca", metavar="PEM", help="trust this CA for https fetches (labs)")
     p.set_defaults(func=run)
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -155,7 +159,7 @@ def test_offline_info_without_cert_is_436(cli: Cli, signer: Signer) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (("verify", "--identity", "x;info=<h:x>"), "--cert or --trust-anchor"),
+        (("verify", "--identity", "x;info=<h:x>"), "--cert, --trust-anchor or --fetch"),
         (("sign", "--key", "KEY", "--x5u", X5U, "--orig", "alice", "--dest", "1"), "400"),
         (
             (
@@ -206,3 +210,45 @@ def test_console_script_runs() -> None:
                           text=True, timeout=60, check=False)  # fmt: skip
     assert proc.returncode == 0
     assert "VALUE" in proc.stdout.upper()
+
+
+@pytest.fixture
+def served_cert(signer: Signer) -> Iterator[str]:
+    """The signer's certificate on a loopback HTTP server; yields its URL."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(signer.cert.parent)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{signer.cert.name}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_verify_fetch_prints_the_full_verdict(cli: Cli, signer: Signer, served_cert: str) -> None:
+    result = cli("sign", "--key", signer.key, "--x5u", served_cert, "--orig", "+12025550100",
+                 "--dest", "+12025550101", "--ppt", "shaken")  # fmt: skip
+    value = result.out.strip()
+    common = ("verify", "--identity", value, "--from", FROM, "--to", TO, "--fetch", "--allow-http")
+    ok = cli(*common, "--allow-network", "127.0.0.0/8", "--trust-anchor", signer.cert)
+    out = ok.json()
+    assert isinstance(out, dict)
+    assert ok.code == 0, out
+    assert (out["verstat"], out["action"], out["attest"]) == (
+        "TN-Validation-Passed",
+        "continue",
+        "A",
+    )
+    refused = cli(*common, "--trust-anchor", signer.cert)  # loopback is refused by default
+    out = refused.json()
+    assert isinstance(out, dict)
+    assert (refused.code, out["code"], out["action"]) == (1, 436, "reject")
+    assert "refused address" in out["detail"]
+    untrusted = cli(*common, "--allow-network", "127.0.0.0/8")  # fetched, but no anchor
+    assert untrusted.code == 1 and untrusted.json()["code"] == 437  # type: ignore[index]
+
+
+def test_fetch_and_cert_exclude_each_other(cli: Cli, signer: Signer) -> None:
+    result = cli("verify", "--identity", "a;info=<https://x/c>", "--fetch", "--cert", signer.cert)
+    assert result.code == 2 and "exclude" in result.err
