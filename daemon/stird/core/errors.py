@@ -45,6 +45,7 @@ class Check(enum.Enum):
     SIGNATURE = "signature"  # step 5
     MKY = "mky"  # RFC 8862: mky against the SDP fingerprints, k= lines
     REPLAY = "replay"  # RFC 8224 §12.1
+    DIVERSION = "diversion"  # RFC 8946 §4.2: a div PASSporT links to no earlier one
     ABSENT = "absent"  # no (usable) Identity header
 
 

@@ -83,6 +83,7 @@ class PassportCheck:
     iat: int | None = None
     attest: str | None = None
     origid: str | None = None
+    div: PartyId | None = None  # RFC 8946: the identity the call was diverted from
     signer: str | None = None
     compact: str | None = None  # "..sig", the RFC 9410 ppi of this header
     error: StirError | None = None
@@ -105,6 +106,7 @@ class PassportCheck:
             "iat": self.iat,
             "attest": self.attest,
             "origid": self.origid,
+            "div": self.div.claim() if self.div else None,
             "signer": self.signer,
             "failed_check": err.check.value if err else None,
             "code": err.code if err else None,

@@ -8,7 +8,7 @@ steps on every Identity header and combines them per §6.2.1 and RFC 8862 §4.4.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from stird.core import certs
@@ -31,7 +31,7 @@ from stird.core.verdict import (
 )
 
 #: RFC 8224 §6.2 step 1: the ppt values stird verifies (None = baseline PASSporT).
-SUPPORTED_PPT: frozenset[str | None] = frozenset({None, Ppt.SHAKEN, Ppt.MSEC})
+SUPPORTED_PPT: frozenset[str | None] = frozenset({None, Ppt.SHAKEN, Ppt.MSEC, Ppt.DIV})
 _ATTEST = frozenset({"A", "B", "C"})
 
 
@@ -155,8 +155,13 @@ def _check_trust(cred: Credential, iat: int, policy: VerifyPolicy) -> None:
 
 
 def _check_authority(sp: SignedPassport, cred: Credential, policy: VerifyPolicy) -> None:
-    """RFC 8226 §9 / RFC 8862 §4.1: the credential covers orig."""
+    """RFC 8226 §9 / RFC 8862 §4.1: the credential covers orig — or, for `div`, the
+    identity the call was diverted from (RFC 8946 §3)."""
     orig = sp.claims.orig
+    if sp.ppt == Ppt.DIV:
+        if sp.claims.div is None or sp.claims.opt is not None:
+            raise invalid_passport("div PASSporT needs div and must not carry opt (RFC 8946 §3)")
+        orig = sp.claims.div
     if sp.ppt == Ppt.SHAKEN and policy.shaken_spc_authorizes and policy.spc_tns is None:
         tal = certs.tnauthlist_of(cred.chain[0])
         if tal is not None and tal.spcs:
@@ -218,7 +223,7 @@ def _result(
     if sp is not None:
         c = sp.claims
         details = {"orig": c.orig, "dest": c.dest.parties(), "iat": c.iat, "attest": c.attest}
-        details.update(origid=c.origid, compact=sp.compact)
+        details.update(origid=c.origid, compact=sp.compact, div=c.div)
     if cred is not None:
         details["signer"] = cred.chain[0].subject.rfc4514_string()
     return PassportCheck(
@@ -269,6 +274,28 @@ def decide(checks: Sequence[PassportCheck], facts: SipFacts, policy: VerifyPolic
     return Verification(Verdict.INVALID, worst.status, worst.detail, tuple(checks))
 
 
+def _links(div: PassportCheck, others: Sequence[PassportCheck]) -> bool:
+    return any(
+        o is not div and o.valid and o.orig == div.orig and div.div in o.dest for o in others
+    )
+
+
+def link_diversions(checks: Sequence[PassportCheck]) -> list[PassportCheck]:
+    """RFC 8946 §4.2: every valid `div` PASSporT must link to a valid earlier PASSporT
+    whose `dest` holds its `div` and whose `orig` equals its own; unlinked ones fail
+    (repeated until stable, so a chain is only as good as its innermost link)."""
+    out = list(checks)
+    changed = True
+    while changed:
+        changed = False
+        for i, check in enumerate(out):
+            if check.valid and check.ppt == Ppt.DIV and not _links(check, out):
+                error = invalid_header("div links to no PASSporT of this request", Check.DIVERSION)
+                out[i] = replace(check, error=error)
+                changed = True
+    return out
+
+
 def _pick_error(failed: list[PassportCheck]) -> StirError:
     """436 only when every header failed on its credential (RFC 8224 §6.2.2)."""
     errors = [c.error for c in failed if c.error is not None]
@@ -291,4 +318,4 @@ def verify_request(
             checks.append(PassportCheck(index=index, supported=True, error=item))
         else:
             checks.append(_check_header(index, item, ctx))
-    return decide(checks, facts, policy)
+    return decide(link_diversions(checks), facts, policy)

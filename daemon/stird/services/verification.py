@@ -20,7 +20,7 @@ from stird.core.errors import Check, SipStatus, StirError
 from stird.core.passport import Ppt
 from stird.core.tn import party_from_header
 from stird.core.verdict import Credential, PassportCheck, SipFacts, Verdict
-from stird.core.verify import credential_uris, decide, verify_request
+from stird.core.verify import credential_uris, decide, link_diversions, verify_request
 from stird.services.ports import Clock, CredentialProvider, KeyValueStore, system_clock
 from stird.services.stores import StoreUnavailable
 from stird.services.verdicts import CallVerdict, ServicePolicy, to_call_verdict
@@ -70,7 +70,7 @@ class VerificationService:
         result = verify_request(facts, lookup, self.policy.verify, now)
         if result.verdict is Verdict.VALID or result.failed:
             checks = await self._refuse_replays(result.passports, facts)
-            result = decide(checks, facts, self.policy.verify)
+            result = decide(link_diversions(checks), facts, self.policy.verify)
         if result.verdict is Verdict.VALID and tofu:
             await self._remember(tofu, result.passports)
         return to_call_verdict(result, self.policy, dialog_forming=facts.dialog_forming)
