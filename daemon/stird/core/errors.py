@@ -21,6 +21,7 @@ class SipStatus(enum.Enum):
     INVALID_PASSPORT = (438, "Invalid PASSporT")
     STALE_DATE = (403, "Stale Date")
     BAD_REQUEST = (400, "Bad Request")
+    FORBIDDEN = (403, "Forbidden")  # the authentication service holds no credential for orig
 
     @property
     def code(self) -> int:
