@@ -1,0 +1,289 @@
+"""stird.toml: loading and validation. Every error names the key and the problem.
+
+Lookup order: ``--config FILE``, ``$STIRD_CONFIG``, ``/etc/stird/stird.toml``; with none of
+them, the embedded default (development credential, everything on loopback).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/stird/stird.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/stird")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as ``[section] key: problem``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# host-port = ( IPv4address / "[" IPv6address "]" / hostname ) ":" port
+_HOSTPORT = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})"
+)
+
+
+def parse_hostport(text: str) -> HostPort:
+    match = _HOSTPORT.fullmatch(text.strip())
+    if match is None or int(match["port"]) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return HostPort(match["v6"] or match["host"], int(match["port"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    http: HostPort = HostPort("127.0.0.1", 8790)
+    jsonrpc: HostPort | None = HostPort("127.0.0.1", 8791)
+    agi: HostPort | None = HostPort("127.0.0.1", 4573)
+    state_dir: Path = DEFAULT_STATE_DIR
+    public_url: str | None = None  # how others reach GET /certs/ (default: the HTTP listener)
+    max_body: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    require_identity: bool = False
+    max_age: int = 60
+    max_skew: int = 10
+    role: str = "endpoint"
+    on_failure: str = "reject"
+    min_attest: str | None = None
+    trust_anchors: tuple[Path, ...] = ()
+    pins: tuple[str, ...] = ()
+    tofu: bool = True
+    replay: bool = True
+    default_region: str | None = "US"
+    fetch_timeout: float = 2.0
+    deadline: float = 3.0
+    allow_http: bool = False
+    allow_networks: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SignConfig:
+    ppt: str = "msec"
+    add_shaken: bool = True
+    compact: bool = False
+    uncovered: str = "refuse"
+    uncovered_attest: str = "C"
+    max_date_skew: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialConfig:
+    name: str
+    key: Path
+    cert: Path
+    x5u: str | None = None
+    attest: str = "A"
+    tns: tuple[str, ...] = ()
+    tn_ranges: tuple[str, ...] = ()
+    tn_prefixes: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    redis: str | None = None  # e.g. redis://127.0.0.1:6379/0, shared by several instances
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    sign: SignConfig = field(default_factory=SignConfig)
+    credentials: tuple[CredentialConfig, ...] = ()
+    store: StoreConfig = field(default_factory=StoreConfig)
+    log_level: str = "info"
+    source: Path | None = None  # the file it came from; None = embedded default
+
+
+Check = Callable[[Any], Any]
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _positive(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    return tuple(Path(v) for v in _strings(value))
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    for item in _strings(value):
+        ipaddress.ip_network(item, strict=False)
+    return _strings(value)
+
+
+def _typed(kind: type | tuple[type, ...]) -> Check:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"must be {getattr(kind, '__name__', kind)}")
+        if not isinstance(value, kind):
+            raise ValueError(f"must be {getattr(kind, '__name__', kind)}")
+        return value
+
+    return check
+
+
+def _optional_hostport(value: Any) -> HostPort | None:
+    if value in ("", "off"):
+        return None
+    return parse_hostport(_typed(str)(value))
+
+
+_SERVER: dict[str, Check] = {
+    "http": lambda v: parse_hostport(_typed(str)(v)),
+    "jsonrpc": _optional_hostport,
+    "agi": _optional_hostport,
+    "state_dir": lambda v: Path(_typed(str)(v)),
+    "public_url": _typed(str),
+    "max_body": _positive,
+}
+_VERIFY: dict[str, Check] = {
+    "require_identity": _typed(bool), "max_age": _positive, "max_skew": _typed(int),
+    "role": _one_of("endpoint", "intermediary"),
+    "on_failure": _one_of("reject", "continue", "continue-with-reason"),
+    "min_attest": _one_of("A", "B", "C"), "trust_anchors": _paths, "pins": _strings,
+    "tofu": _typed(bool), "replay": _typed(bool), "default_region": _typed(str),
+    "fetch_timeout": _positive, "deadline": _positive, "allow_http": _typed(bool),
+    "allow_networks": _networks, "allow_hosts": _strings,
+}  # fmt: skip
+_SIGN: dict[str, Check] = {
+    "ppt": _one_of("msec", "shaken", "none"), "add_shaken": _typed(bool),
+    "compact": _typed(bool), "uncovered": _one_of("refuse", "unsigned", "sign"),
+    "uncovered_attest": _one_of("A", "B", "C"), "max_date_skew": _positive,
+}  # fmt: skip
+_CREDENTIAL: dict[str, Check] = {
+    "name": _typed(str), "key": lambda v: Path(_typed(str)(v)),
+    "cert": lambda v: Path(_typed(str)(v)), "x5u": _typed(str),
+    "attest": _one_of("A", "B", "C"), "tns": _strings, "tn_ranges": _strings,
+    "tn_prefixes": _strings, "domains": _strings,
+}  # fmt: skip
+_STORE: dict[str, Check] = {"redis": _typed(str)}
+
+
+def _section(table: Any, where: str, spec: Mapping[str, Check]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in spec:
+            raise ConfigError(f"{where} {key}: unknown key (known: {', '.join(sorted(spec))})")
+        try:
+            out[key] = spec[key](value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where} {key}: {exc}") from None
+    return out
+
+
+def _credentials(items: Any) -> tuple[CredentialConfig, ...]:
+    if not isinstance(items, list):
+        raise ConfigError("[[credential]]: must be an array of tables")
+    out: list[CredentialConfig] = []
+    for index, item in enumerate(items):
+        where = f"[[credential]] #{index + 1}"
+        fields = _section(item, where, _CREDENTIAL)
+        for required in ("name", "key", "cert"):
+            if required not in fields:
+                raise ConfigError(f"{where} {required}: missing")
+        if fields["name"] in {c.name for c in out} or not re.fullmatch(r"[\w.-]+", fields["name"]):
+            raise ConfigError(f"{where} name: must be unique and made of letters, digits, . _ -")
+        out.append(CredentialConfig(**fields))
+    return tuple(out)
+
+
+_TOP = {"server", "verify", "sign", "credential", "store", "log_level"}
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
+    unknown = set(data) - _TOP
+    if unknown:
+        raise ConfigError(
+            f"{sorted(unknown)[0]}: unknown section (known: {', '.join(sorted(_TOP))})"
+        )
+    level = data.get("log_level", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level: must be one of debug, info, warning, error")
+    return Config(
+        server=ServerConfig(**_section(data.get("server", {}), "[server]", _SERVER)),
+        verify=VerifyConfig(**_section(data.get("verify", {}), "[verify]", _VERIFY)),
+        sign=SignConfig(**_section(data.get("sign", {}), "[sign]", _SIGN)),
+        credentials=_credentials(data.get("credential", [])),
+        store=StoreConfig(**_section(data.get("store", {}), "[store]", _STORE)),
+        log_level=level,
+        source=source,
+    )
+
+
+def config_path(explicit: str | None) -> Path | None:
+    """The file to load, or None for the embedded default."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("STIRD_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = config_path(explicit)
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse_config(data, path)
+
+
+def with_overrides(config: Config, **listeners: str | None) -> Config:
+    """Apply ``--http``, ``--jsonrpc``, ``--agi`` and ``--state-dir`` from the command line."""
+    server = config.server
+    try:
+        if listeners.get("http"):
+            server = replace(server, http=parse_hostport(str(listeners["http"])))
+        if listeners.get("jsonrpc") is not None:
+            server = replace(server, jsonrpc=_optional_hostport(listeners["jsonrpc"]))
+        if listeners.get("agi") is not None:
+            server = replace(server, agi=_optional_hostport(listeners["agi"]))
+    except ValueError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    if listeners.get("state_dir"):
+        server = replace(server, state_dir=Path(str(listeners["state_dir"])))
+    return replace(config, server=server)
