@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import ipaddress
 import json
+import logging
 import ssl
 import sys
 import time
@@ -32,6 +33,7 @@ from stird.adapters import keyfiles as keys
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
 from stird.adapters.store_memory import MemoryStore
 from stird.cli_args import build_parser
+from stird.config import Config, ConfigError, config_path, load_config, with_overrides
 from stird.core import certs
 from stird.core.errors import StirError
 from stird.core.identity import parse_identity
@@ -214,10 +216,51 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    return with_overrides(
+        config, http=args.http, jsonrpc=args.jsonrpc, agi=args.agi, state_dir=args.state_dir
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=getattr(logging, (args.log_level or config.log_level).upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from stird.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
+
+    try:
+        asyncio.run(serve(config, lambda: _load(args)))
+    except OSError as exc:  # a listener's port is taken, the state dir is read-only...
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    for cred in config.credentials:
+        keys.load_private_key(cred.key)
+        keys.load_certs(cred.cert)
+    for anchor in config.verify.trust_anchors:
+        keys.load_certs(anchor)
+    print(f"{path or 'embedded default'}: OK ({len(config.credentials)} credential(s))")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     return build_parser(
-        keygen=cmd_keygen, cert=cmd_cert, sign=cmd_sign, verify=cmd_verify, decode=cmd_decode
-    )
+        keygen=cmd_keygen, cert=cmd_cert, sign=cmd_sign, verify=cmd_verify, decode=cmd_decode,
+        serve=cmd_serve, check_config=cmd_check_config,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,6 +100,23 @@ def _decode(sub: Any, run: Command) -> None:
     p.set_defaults(func=run)
 
 
+def _serve(sub: Any, run: Command) -> None:
+    p = sub.add_parser("serve", help="run the daemon (HTTP, JSON-RPC, FastAGI)")
+    p.add_argument("--config", metavar="FILE", help="default: $STIRD_CONFIG, /etc/stird/stird.toml")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:8790)")
+    p.add_argument("--jsonrpc", metavar="HOST:PORT", help="netstring JSON-RPC (127.0.0.1:8791)")
+    p.add_argument("--agi", metavar="HOST:PORT", help="FastAGI listener (127.0.0.1:4573)")
+    p.add_argument("--state-dir", metavar="DIR", help="default /var/lib/stird")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def _check_config(sub: Any, run: Command) -> None:
+    p = sub.add_parser("check-config", help="validate the configuration and its files")
+    p.add_argument("--config", metavar="FILE")
+    p.set_defaults(func=run)
+
+
 def build_parser(**commands: Command) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stird", description="STIR companion daemon tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -107,4 +124,6 @@ def build_parser(**commands: Command) -> argparse.ArgumentParser:
         add(sub, commands[name])
     _verify(sub, commands["verify"])
     _decode(sub, commands["decode"])
+    _serve(sub, commands["serve"])
+    _check_config(sub, commands["check_config"])
     return parser

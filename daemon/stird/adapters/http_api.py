@@ -1,0 +1,83 @@
+"""The HTTP listener (aiohttp): REST endpoints, JSON-RPC, health, metrics, certificates."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from stird.adapters.api import StirApi
+from stird.adapters.jsonrpc import PARSE_ERROR, Dispatcher, error
+from stird.adapters.requests import FieldError
+from stird.core.errors import SipStatus, StirError
+
+_HTTP_STATUS = {SipStatus.BAD_REQUEST: 400, SipStatus.FORBIDDEN: 403, SipStatus.STALE_DATE: 403}
+_CERT_NAME = re.compile(r"[\w.-]{1,64}")
+
+
+def _json_error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge from None
+    except (ValueError, UnicodeDecodeError):
+        raise FieldError("body", "not valid JSON") from None
+
+
+def _wrap(operation: Any) -> Any:
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await operation(await _body(request)))
+        except FieldError as exc:
+            return _json_error(400, str(exc), field=exc.field)
+        except TooLarge:
+            return _json_error(413, "body too large", field="body")
+        except StirError as exc:
+            status = _HTTP_STATUS.get(exc.status, 422)
+            return _json_error(status, exc.detail, code=exc.code, reason=exc.reason)
+
+    return handler
+
+
+def build_app(api: StirApi, *, max_body: int = 256 * 1024) -> web.Application:
+    dispatcher = Dispatcher(api.methods())
+
+    async def jsonrpc(request: web.Request) -> web.Response:
+        try:
+            message = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError):
+            return web.json_response(error(PARSE_ERROR, "parse error"))
+        answer = await dispatcher.handle(message)
+        return web.json_response(answer) if answer is not None else web.Response(status=204)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(await api.status())
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=api.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def certificate(request: web.Request) -> web.Response:
+        name = request.match_info["name"].removesuffix(".pem")
+        pem = api.runtime.certificates.get(name) if _CERT_NAME.fullmatch(name) else None
+        if pem is None:
+            return _json_error(404, "no such certificate")
+        return web.Response(body=pem, content_type="application/pem-certificate-chain")
+
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/v1/sign", _wrap(api.sign))
+    app.router.add_post("/v1/verify", _wrap(api.verify))
+    app.router.add_post("/jsonrpc", jsonrpc)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/certs/{name}", certificate)
+    return app

@@ -1,0 +1,62 @@
+"""Prometheus metrics (prometheus-client), one registry per daemon instance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from stird.services.certcache import CacheStats
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self._stats()
+        if stats is None:
+            return
+        family = CounterMetricFamily(
+            "stird_cert_cache_events", "Certificate cache events", labels=["event"]
+        )
+        for event in ("hits", "misses", "stale_served", "fetches", "fetch_errors",
+                      "shared_hits", "shared_errors"):  # fmt: skip
+            family.add_metric([event], float(getattr(stats, event)))
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "stird_requests",
+            "Sign and verify requests by outcome",
+            ["kind", "verdict", "code", "ppt"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "stird_request_seconds", "Request handling time", ["kind"],
+            buckets=_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.cps = Counter(
+            "stird_cps_operations", "Call Placement Service pushes and retrievals",
+            ["op", "result"], registry=self.registry,
+        )  # fmt: skip
+        self.upstream = Counter(
+            "stird_store_errors", "Shared-store (Redis) failures", ["store"], registry=self.registry
+        )
+
+    def watch_cache(self, stats: Callable[[], CacheStats | None]) -> None:
+        self.registry.register(_CacheCollector(stats))
+
+    def observe(self, kind: str, seconds: float, verdict: str, code: int | None, ppt: str) -> None:
+        self.requests.labels(kind, verdict, str(code or ""), ppt).inc()
+        self.latency.labels(kind).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

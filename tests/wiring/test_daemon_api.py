@@ -1,0 +1,237 @@
+"""The daemon's API over real listening sockets: /v1/sign, /v1/verify, /jsonrpc, the
+netstring JSON-RPC listener, health, metrics and certificates; malformed bodies; reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from stird.adapters.netstring import NetstringDecoder, encode
+from stird.app import Daemon
+from stird.config import Config, HostPort, VerifyConfig
+from stird.core.sipdate import format_sip_date
+
+FP = "4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:3E:4B:65:2E:7D:46:3F:54:42:CD:54:F1"
+SDP = f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 20000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:SHA-256 {FP}\r\n"
+FROM = '"Alice" <sip:+15551110000@127.0.0.1:5190>;tag=14396SIPpTag001'
+TO = "<sip:+15552220000@127.0.0.1:5060>"
+
+
+def config(tmp_path: Path, **verify: Any) -> Config:
+    server = replace(
+        Config().server,
+        http=HostPort("127.0.0.1", 0),
+        jsonrpc=HostPort("127.0.0.1", 0),
+        agi=None,
+        state_dir=tmp_path / "state",
+    )
+    return Config(server=server, verify=VerifyConfig(**verify))
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(config(tmp_path))
+    await d.start()
+    yield d
+    await d.stop()
+
+
+@pytest.fixture
+async def http(daemon: Daemon) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    host, port = daemon.http_address
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session, f"http://{host}:{port}"
+
+
+async def post(http: tuple[aiohttp.ClientSession, str], path: str, body: Any) -> tuple[int, Any]:
+    session, base = http
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with session.post(base + path, data=data) as response:
+        text = await response.text()
+        return response.status, json.loads(text) if text else None
+
+
+async def signed(http: tuple[aiohttp.ClientSession, str], **extra: Any) -> dict[str, Any]:
+    status, body = await post(http, "/v1/sign", {"orig": FROM, "dest": [TO], "sdp": SDP, **extra})
+    assert status == 200, body
+    return dict(body)
+
+
+def verify_body(sign: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"identity": sign["identity"], "from": FROM, "to": TO, "date": sign["date"],
+            "sdp": SDP, "callid": "1-14396@127.0.0.1", "dlg_h_entry": 1, "dlg_h_id": 2, **extra}  # fmt: skip
+
+
+async def test_sign_then_verify(http: tuple[aiohttp.ClientSession, str]) -> None:
+    sign = await signed(http)
+    assert len(sign["identity"]) == 2 and ";ppt=msec" in sign["identity"][0]
+    assert sign["credential"] == "dev" and sign["passport"].count(".") == 2
+    status, verdict = await post(
+        http, "/v1/verify", verify_body(sign, pai="<sip:+15551110000@127.0.0.1;user=phone>")
+    )
+    assert status == 200
+    assert (verdict["verdict"], verdict["action"], verdict["verstat"]) == (
+        "valid",
+        "continue",
+        "TN-Validation-Passed",
+    )
+    assert verdict["pai"] == "<sip:+15551110000;verstat=TN-Validation-Passed@127.0.0.1;user=phone>"
+
+
+async def test_tampered_is_438_reject(http: tuple[aiohttp.ClientSession, str]) -> None:
+    sign = await signed(http)
+    token, rest = sign["identity"][0].split(";", 1)
+    bad = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+    status, verdict = await post(http, "/v1/verify", verify_body(sign, identity=[f"{bad};{rest}"]))
+    assert status == 200
+    assert (verdict["code"], verdict["action"], verdict["verstat"]) == (
+        438,
+        "reject",
+        "TN-Validation-Failed",
+    )
+    assert verdict["reason_header"].startswith("SIP ;cause=438")
+
+
+async def test_stale_date_refused_when_signing(http: tuple[aiohttp.ClientSession, str]) -> None:
+    status, body = await post(http, "/v1/sign", {"orig": FROM, "dest": [TO], "sdp": SDP,
+                                                 "date": "Fri, 25 Sep 2015 19:12:25 GMT"})  # fmt: skip
+    assert (status, body["code"], body["reason"]) == (403, 403, "Stale Date")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/sign", b"{not json", "body"),
+        ("/v1/sign", [], "body"),
+        ("/v1/sign", {"dest": [TO]}, "orig"),
+        ("/v1/sign", {"orig": FROM}, "dest"),
+        ("/v1/sign", {"orig": FROM, "dest": "x" * 10}, "dest"),
+        ("/v1/sign", {"orig": FROM, "dest": [TO], "ppt": "div"}, "ppt"),
+        ("/v1/sign", {"orig": FROM, "dest": [TO], "attest": "D"}, "attest"),
+        ("/v1/sign", {"orig": "<<<", "dest": [TO]}, "orig"),
+        ("/v1/sign", {"orig": FROM, "dest": [TO], "oob": "yes"}, "oob"),
+        ("/v1/verify", {"to": TO}, "from"),
+        ("/v1/verify", {"from": FROM}, "to"),
+        ("/v1/verify", {"from": FROM, "to": TO, "identity": [1]}, "identity"),
+        ("/v1/verify", {"from": FROM, "to": TO, "dialog_forming": "yes"}, "dialog_forming"),
+    ],
+)
+async def test_malformed_bodies_name_the_field(
+    http: tuple[aiohttp.ClientSession, str], path: str, body: Any, field: str
+) -> None:
+    status, answer = await post(http, path, body)
+    assert status == 400, answer
+    assert answer["field"] == field
+
+
+async def test_uncovered_caller_is_403(http: tuple[aiohttp.ClientSession, str]) -> None:
+    status, body = await post(http, "/v1/sign", {"orig": "sip:alice@example.com", "dest": [TO]})
+    assert (status, body["code"]) == (403, 403)
+
+
+async def test_oversized_body_is_413(http: tuple[aiohttp.ClientSession, str]) -> None:
+    status, _ = await post(http, "/v1/sign", b"x" * (300 * 1024))
+    assert status == 413
+
+
+async def test_jsonrpc_over_http(http: tuple[aiohttp.ClientSession, str]) -> None:
+    sign = await signed(http)
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "stir.verify", "params": verify_body(sign)},
+        {"jsonrpc": "2.0", "id": "two", "method": "stir.status"},
+        {"jsonrpc": "2.0", "method": "stir.status"},  # a notification: no answer
+        {"jsonrpc": "2.0", "id": 3, "method": "stir.sign", "params": {"orig": FROM}},
+        {"jsonrpc": "2.0", "id": 4, "method": "nope"},
+        {"id": 5},
+    ]
+    status, answers = await post(http, "/jsonrpc", batch)
+    assert status == 200
+    by_id = {a["id"]: a for a in answers}
+    assert by_id[1]["result"]["verdict"] == "valid"
+    assert by_id["two"]["result"]["status"] == "ok"
+    assert by_id[3]["error"]["code"] == -32602 and "dest" in by_id[3]["error"]["message"]
+    assert by_id[4]["error"]["code"] == -32601
+    assert any(a["id"] is None and a["error"]["code"] == -32600 for a in answers)
+    assert len(answers) == 5
+    status, parse = await post(http, "/jsonrpc", b"{oops")
+    assert parse["error"]["code"] == -32700
+
+
+async def test_netstring_listener(daemon: Daemon, http: tuple[aiohttp.ClientSession, str]) -> None:
+    assert daemon.jsonrpc_address is not None
+    reader, writer = await asyncio.open_connection(*daemon.jsonrpc_address)
+    params = {"orig": FROM, "dest": [TO], "sdp": SDP, "callid": "x"}
+    writer.write(
+        encode(
+            json.dumps(
+                {"id": 2, "jsonrpc": "2.0", "method": "stir.sign", "params": params}
+            ).encode()
+        )
+    )
+    decoder, answers = NetstringDecoder(), []
+    while not answers:
+        answers = decoder.feed(await asyncio.wait_for(reader.read(65536), 5))
+    answer = json.loads(answers[0])
+    assert answer["id"] == 2 and len(answer["result"]["identity"]) == 2
+    writer.close()
+
+
+async def test_health_metrics_and_certificates(http: tuple[aiohttp.ClientSession, str]) -> None:
+    session, base = http
+    await signed(http)
+    async with session.get(base + "/healthz") as response:
+        health = await response.json()
+    assert response.status == 200 and health["credentials"] == ["dev"]
+    assert "development" in health["notes"][0]
+    async with session.get(base + "/metrics") as response:
+        text = await response.text()
+    assert (
+        'stird_requests_total{code="",kind="sign",ppt="msec,shaken",verdict="signed"} 1.0' in text
+    )
+    assert "stird_request_seconds_bucket" in text
+    async with session.get(base + "/certs/dev.pem") as response:
+        assert response.status == 200
+        assert response.content_type == "application/pem-certificate-chain"
+        assert (await response.read()).startswith(b"-----BEGIN CERTIFICATE-----")
+    for name in ("nope.pem", "..%2F..%2Fetc%2Fpasswd"):
+        async with session.get(base + "/certs/" + name) as response:
+            assert response.status == 404
+
+
+async def test_dev_credential_survives_restart(tmp_path: Path) -> None:
+    first = Daemon(config(tmp_path))
+    await first.start()
+    pem = first.built.runtime.certificates["dev"]
+    await first.stop()
+    second = Daemon(config(tmp_path))
+    await second.start()
+    assert second.built.runtime.certificates["dev"] == pem  # created once, then reused
+    assert (tmp_path / "state" / "dev" / "private.pem").stat().st_mode & 0o077 == 0
+    await second.stop()
+
+
+async def test_reload_changes_policy(
+    daemon: Daemon, http: tuple[aiohttp.ClientSession, str], tmp_path: Path
+) -> None:
+    body = {"identity": [], "from": FROM, "to": TO, "date": format_sip_date(0)}
+    status, verdict = await post(http, "/v1/verify", body)
+    assert (status, verdict["verdict"], verdict["action"]) == (200, "no-identity", "continue")
+    await daemon.reload(config(tmp_path, require_identity=True))
+    status, verdict = await post(http, "/v1/verify", body)
+    assert (status, verdict["code"], verdict["action"]) == (200, 428, "reject")
+
+
+async def test_failed_reload_keeps_running_config(daemon: Daemon, tmp_path: Path) -> None:
+    before = daemon.api.runtime
+    broken = replace(
+        config(tmp_path), verify=VerifyConfig(trust_anchors=(tmp_path / "missing.pem",))
+    )
+    await daemon.reload(broken)
+    assert daemon.api.runtime is before
