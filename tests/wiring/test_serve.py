@@ -1,0 +1,117 @@
+"""`stird serve` as a process: readiness, SIGHUP reload, SIGTERM, bad start-ups;
+`stird check-config`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli
+
+FROM, TO = "<sip:+12025550100@pbx.example.com;user=phone>", "<tel:+12025550101>"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def call(port: int, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_healthy(proc: subprocess.Popen[str], port: int, deadline: float = 20) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if call(port, "/healthz")[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail("stird did not become healthy")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, Path]]:
+    config = tmp_path / "stird.toml"
+    config.write_text("[verify]\nrequire_identity = false\n")
+    port = free_port()
+    argv = [sys.executable, "-m", "stird", "serve", "--config", str(config),
+            "--http", f"127.0.0.1:{port}", "--jsonrpc", "off", "--agi", "off",
+            "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(proc, port)
+        yield proc, port, config
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_sighup_reloads_and_sigterm_stops(served: tuple[subprocess.Popen[str], int, Path]) -> None:
+    proc, port, config = served
+    body = {"identity": [], "from": FROM, "to": TO}
+    assert call(port, "/v1/verify", body)[1]["action"] == "continue"
+    config.write_text("[verify]\nrequire_identity = true\n")
+    os.kill(proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while call(port, "/v1/verify", body)[1]["code"] != 428:
+        assert time.monotonic() < deadline, "reload did not take effect"
+        time.sleep(0.05)
+    config.write_text("[verify]\nrequire_identity = 'maybe'\n")  # a broken reload is refused
+    os.kill(proc.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    assert call(port, "/v1/verify", body)[1]["code"] == 428
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    assert proc.stderr is not None
+    log = proc.stderr.read()
+    assert "DEVELOPMENT SETUP" in log and "reload failed" in log and "stopped" in log
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "stird", "serve", "--http", f"127.0.0.1:{port}", "--jsonrpc",
+             "off", "--agi", "off", "--state-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert "in use" in proc.stderr
+
+
+def test_check_config(cli: Cli, tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[sign]\nppt = 'shaken'\n")
+    result = cli("check-config", "--config", good)
+    assert result.code == 0 and "OK" in result.out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        "[[credential]]\nname = 'a'\nkey = '/nonexistent.key'\ncert = '/nonexistent.pem'\n"
+    )
+    result = cli("check-config", "--config", bad)
+    assert result.code == 2 and "/nonexistent.key" in result.err
