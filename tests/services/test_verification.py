@@ -139,19 +139,19 @@ async def test_invalid_msec_rejects_with_sip_reason(keys: Keys) -> None:
     bad = identity(keys.other_key)  # signed by a key the certificate does not hold
     verdict = await service(pinned(keys), on_failure=OnFailure.CONTINUE).verify(facts(bad))
     assert (verdict.action, verdict.code) == (Action.REJECT, 438)  # RFC 8862 §4.4 MUST
-    assert verdict.reason_header == 'SIP ;cause=438 ;text="Invalid PASSporT"'
+    assert verdict.reason_header == 'SIP ;cause=438 ;text="Invalid Identity Header"'
     assert verdict.verstat is Verstat.FAILED
 
 
 @pytest.mark.parametrize(
     ("on_failure", "action", "reason"),
     [
-        (OnFailure.REJECT, Action.REJECT, 'SIP ;cause=438 ;text="Invalid PASSporT"'),
+        (OnFailure.REJECT, Action.REJECT, 'SIP ;cause=438 ;text="Invalid Identity Header"'),
         (OnFailure.CONTINUE, Action.CONTINUE, None),
         (
             OnFailure.CONTINUE_WITH_REASON,
             Action.CONTINUE,
-            'STIR ;cause=438 ;text="Invalid PASSporT"',
+            'STIR ;cause=438 ;text="Invalid Identity Header"',
         ),
     ],
 )
@@ -265,3 +265,13 @@ async def test_credentials_fetched_once_per_url_and_concurrently(keys: Keys) -> 
     await svc.verify(facts(*two))
     assert provider.calls == [X5U]
     assert time.monotonic() - started < 1.0
+
+
+async def test_per_request_deadline_only_shortens(keys: Keys) -> None:
+    """Kamailio's janssonrpc timeout (timeout_ms) bounds the credential wait."""
+    provider = FakeProvider(pinned(keys), delay=30)
+    svc = VerificationService(provider, DictStore(), ServicePolicy(deadline=3.0), clock=lambda: NOW)
+    started = time.monotonic()
+    verdict = await svc.verify(facts(identity(keys.key)), deadline=0.15)
+    assert time.monotonic() - started < 1.0
+    assert verdict.code == 436

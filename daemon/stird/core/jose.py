@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from jwt.utils import der_to_raw_signature
 
-from stird.core.errors import Check, invalid_passport
+from stird.core.errors import Check, invalid_header
 
 #: Upper bound on one token (a full-form PASSporT with a few SDP fingerprints is < 1 KiB;
 #: Asterisk's tested limit for one Identity header is 1,900 characters).
@@ -39,11 +39,11 @@ def b64u_encode(data: bytes) -> str:
 def b64u_decode(text: str, what: str) -> bytes:
     """Strict base64url decoding; raises 438 naming ``what`` on bad input."""
     if not _B64U.fullmatch(text) or len(text) % 4 == 1:
-        raise invalid_passport(f"{what} is not base64url")
+        raise invalid_header(f"{what} is not base64url")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - guarded by the regex
-        raise invalid_passport(f"{what} is not base64url") from exc
+        raise invalid_header(f"{what} is not base64url") from exc
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -58,13 +58,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise invalid_passport(f"duplicate JSON member {key!r} (RFC 8225 §9)")
+            raise invalid_header(f"duplicate JSON member {key!r} (RFC 8225 §9)")
         obj[key] = value
     return obj
 
 
 def _reject_constant(name: str) -> Any:
-    raise invalid_passport(f"JSON constant {name} is not allowed")
+    raise invalid_header(f"JSON constant {name} is not allowed")
 
 
 def _depth(text: str) -> int:
@@ -89,15 +89,15 @@ def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise invalid_passport(f"{what} is not UTF-8") from exc
+        raise invalid_header(f"{what} is not UTF-8") from exc
     if _depth(text) > MAX_JSON_DEPTH:
-        raise invalid_passport(f"{what} nests deeper than {MAX_JSON_DEPTH}")
+        raise invalid_header(f"{what} nests deeper than {MAX_JSON_DEPTH}")
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except ValueError as exc:  # JSONDecodeError is a ValueError
-        raise invalid_passport(f"{what} is not JSON: {exc}") from exc
+        raise invalid_header(f"{what} is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
-        raise invalid_passport(f"{what} is not a JSON object")
+        raise invalid_header(f"{what} is not a JSON object")
     return obj
 
 
@@ -117,8 +117,8 @@ def es256_sign(key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> bytes:
 def es256_verify(key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes) -> None:
     """Verify an ES256 R||S signature; raises 438 (check=signature) when it does not hold."""
     if len(signature) != ES256_SIGNATURE_LENGTH:
-        raise invalid_passport(
+        raise invalid_header(
             f"ES256 signature must be 64 octets, got {len(signature)}", Check.SIGNATURE
         )
     if not _ES256.verify(signing_input, key, signature):
-        raise invalid_passport("signature does not verify", Check.SIGNATURE)
+        raise invalid_header("signature does not verify", Check.SIGNATURE)

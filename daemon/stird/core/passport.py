@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stird.core import jose
-from stird.core.errors import Check, bad_request, invalid_passport
+from stird.core.errors import Check, bad_request, invalid_header, invalid_passport
 from stird.core.sdp import Fingerprint, mky_claim, parse_mky
 from stird.core.tn import IdKind, PartyId
 
@@ -144,7 +144,7 @@ class SignedPassport:
     def verify(self, key: ec.EllipticCurvePublicKey) -> None:
         """Check the ES256 signature (RFC 8225 §6); raises 438 check=signature."""
         if self.header.alg != ES256:
-            raise invalid_passport(f"unsupported alg {self.header.alg!r}", Check.SIGNATURE)
+            raise invalid_header(f"unsupported alg {self.header.alg!r}", Check.SIGNATURE)
         jose.es256_verify(key, self.signing_input, self.signature)
 
 
@@ -195,10 +195,10 @@ def decode(token: str) -> SignedPassport:
 def decode_json(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The header and payload objects of a full-form token exactly as received."""
     if len(token) > jose.MAX_TOKEN_LENGTH:
-        raise invalid_passport(f"PASSporT longer than {jose.MAX_TOKEN_LENGTH} characters")
+        raise invalid_header(f"PASSporT longer than {jose.MAX_TOKEN_LENGTH} characters")
     parts = token.split(".")
     if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise invalid_passport("a full-form PASSporT has three non-empty dot-separated parts")
+        raise invalid_header("a full-form PASSporT has three non-empty dot-separated parts")
     raw_header = jose.strict_json_object(jose.b64u_decode(parts[0], "header"), "header")
     raw_claims = jose.strict_json_object(jose.b64u_decode(parts[1], "payload"), "payload")
     return raw_header, raw_claims
