@@ -121,6 +121,7 @@ async def test_stale_date_refused_when_signing(http: tuple[aiohttp.ClientSession
         ("/v1/verify", {"from": FROM}, "to"),
         ("/v1/verify", {"from": FROM, "to": TO, "identity": [1]}, "identity"),
         ("/v1/verify", {"from": FROM, "to": TO, "dialog_forming": "yes"}, "dialog_forming"),
+        ("/v1/verify", {"from": FROM, "to": TO, "timeout_ms": 5}, "timeout_ms"),
     ],
 )
 async def test_malformed_bodies_name_the_field(

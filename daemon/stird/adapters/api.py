@@ -10,7 +10,7 @@ from typing import Any
 
 from stird.adapters.jsonrpc import Method
 from stird.adapters.metrics import Metrics
-from stird.adapters.requests import sign_input, sip_facts, wants_oob
+from stird.adapters.requests import budget, sign_input, sip_facts, wants_oob
 from stird.core.errors import StirError
 from stird.core.verstat import with_verstat
 from stird.services.authentication import AuthenticationService
@@ -59,7 +59,7 @@ class StirApi:
     async def verify(self, params: Any) -> dict[str, Any]:
         started = time.perf_counter()
         facts = sip_facts(params)
-        verdict = await self.runtime.verifier.verify(facts)
+        verdict = await self.runtime.verifier.verify(facts, deadline=budget(params))
         body = verdict.to_json()
         body["pai"] = self._pai(facts.pai or facts.from_, verdict.verstat.value)
         ppt = next((p.ppt or "base" for p in verdict.passports if p.supported), "none")

@@ -128,3 +128,14 @@ def sip_facts(raw: Any) -> SipFacts:
         call_id=_call_id(body),
         dialog_forming=_flag(body, "dialog_forming", True),
     )
+
+
+def budget(raw: Any) -> float | None:
+    """``timeout_ms``: how long the PBX waits for the answer (Kamailio's janssonrpc
+    timeout); verification then gives up on credentials a little before that."""
+    value = _object(raw).get("timeout_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 50 <= value <= 60000:
+        raise FieldError("timeout_ms", "must be an integer from 50 to 60000")
+    return max(0.02, value / 1000 - 0.05)
