@@ -90,6 +90,22 @@ def write_public_file(path: Path, data: bytes) -> None:
     _write(path, data, 0o644, force=True)
 
 
+def write_private_file(path: Path, data: bytes, *, force: bool = False) -> None:
+    """Write secret material with mode 0600 (refusing to replace a file unless ``force``)."""
+    _write(path, data, 0o600, force=force)
+
+
+def read_private_file(path: Path) -> bytes:
+    """Read secret material, refusing a file that group or others may access."""
+    data = _read(path)
+    check_private_mode(path)
+    return data
+
+
+def read_public_file(path: Path) -> bytes:
+    return _read(path)
+
+
 def write_keypair(directory: Path, *, force: bool = False) -> tuple[Path, Path]:
     """Generate a P-256 key pair: ``private.pem`` (0600, PKCS#8) and ``public.pem``."""
     directory.mkdir(parents=True, exist_ok=True)

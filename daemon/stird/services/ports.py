@@ -1,12 +1,14 @@
 """The small typed interfaces through which services reach the world.
 
-Adapters implement them (aiohttp fetcher, memory and Redis stores); tests inject fakes.
+Adapters implement them (aiohttp fetcher, memory and Redis stores, CPS stores); tests
+inject fakes.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,3 +69,49 @@ class CredentialProvider(Protocol):
     Raises :class:`~stird.core.errors.StirError` (436/437) when it cannot."""
 
     async def credential(self, url: str) -> Credential: ...
+
+
+class CpsAdmission(enum.Enum):
+    """What a CPS store answers to a storage request (RFC 8816 §7.5 flood control)."""
+
+    STORED = "stored"
+    TN_FULL = "too many entries for this number"
+    CLIENT_FULL = "too many entries from this client"
+    CLIENT_TN_FULL = "too many entries from this client for this number"
+    STORE_FULL = "the store is full"
+
+
+@dataclass(frozen=True, slots=True)
+class CpsCaps:
+    """Live-entry limits checked atomically with the insertion."""
+
+    per_tn: int = 100  # call centres legitimately collect many (RFC 8816 §9)
+    per_client: int = 1000  # one client across all numbers
+    per_client_tn: int = 10  # one client for one number: a flood cannot fill a number
+
+
+class CpsStore(Protocol):
+    """Encrypted PASSporTs indexed by called number, each living ``ttl`` seconds.
+
+    Times are seconds since the epoch handed in by the service (servers sharing a store
+    need synchronised clocks). Raises
+    :class:`~stird.services.stores.StoreUnavailable` when a shared backend fails."""
+
+    async def add(
+        self,
+        tn: str,
+        items: Sequence[tuple[str, bytes]],
+        *,
+        client: str,
+        now: float,
+        ttl: float,
+        caps: CpsCaps,
+    ) -> CpsAdmission:
+        """Store all ``(id, blob)`` items or none of them."""
+        ...
+
+    async def entries(self, tn: str, now: float) -> list[tuple[str, bytes]]:
+        """Every live ``(id, blob)`` for ``tn``."""
+        ...
+
+    async def entry(self, tn: str, entry_id: str, now: float) -> bytes | None: ...

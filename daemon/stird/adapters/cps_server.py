@@ -1,0 +1,193 @@
+"""The CPS over HTTP (aiohttp): RFC 8816 §9 storage and retrieval, and the key directory.
+
+Routes and bodies are documented in :mod:`stird.core.cps`. :func:`add_cps_routes` mounts
+them on an existing application (``stird serve`` runs the CPS in-process);
+:func:`build_cps_app` is the standalone server with ``GET /healthz``.
+
+Errors are JSON ``{"error": "...", "check": "..."}``: 400 malformed input, 403 an
+untrusted or non-covering publication, 404 unknown route, 413 body over the cap, 415 wrong
+Content-Type, 429 over a flood-control cap (with Retry-After), 503 store unavailable.
+Clients are told apart by peer address — an IPv6 peer by its /64, since one host commonly
+holds a whole /64 (RFC 8816 §7.5 flood control without authenticating the storer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv6Address, ip_address, ip_network
+from typing import Any
+
+from aiohttp import web
+
+from stird.core import cps, oobkeys
+from stird.core.errors import Check, SipStatus, StirError
+from stird.services.cps import CpsRefused, CpsService
+from stird.services.keydir import KeyDirectory
+from stird.services.ports import CpsAdmission
+from stird.services.stores import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_STORE_BODY = 64 * 1024  # a batch of 16 hybrid entries at the largest bucket fits
+MAX_KEYS_BODY = 256 * 1024
+_FORBIDDEN_CHECKS = frozenset({Check.TRUST, Check.AUTHORITY, Check.SIGNATURE, Check.FRESHNESS})
+_NO_STORE = {"Cache-Control": "no-store"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Ping = Callable[[], Awaitable[None]]
+
+
+def client_key(remote: str | None) -> str:
+    """The flood-control identity of a peer: its IPv4 address or its IPv6 /64."""
+    if not remote:
+        return "unknown"
+    try:
+        address = ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return remote[:64]
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> web.Response:  # fmt: skip
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+def _stir_status(exc: StirError) -> int:
+    if exc.status is SipStatus.FORBIDDEN or exc.check in _FORBIDDEN_CHECKS:
+        return 403
+    return 400
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read(request: web.Request, cap: int) -> bytes:
+    if request.content_length is not None and request.content_length > cap:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(16384):
+        body += chunk
+        if len(body) > cap:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StirError as exc:
+            return _error(_stir_status(exc), exc.detail, check=exc.check.value)
+        except _TooLarge:
+            return _error(413, "body too large")
+        except CpsRefused as exc:
+            full = exc.admission is CpsAdmission.STORE_FULL
+            return _error(503 if full else 429, exc.admission.value, {"Retry-After": "60"})
+        except StoreUnavailable as exc:
+            log.warning("CPS store unavailable: %s", exc)
+            return _error(503, "store unavailable", {"Retry-After": "5"})
+
+    return guarded
+
+
+class _Routes:
+    def __init__(self, service: CpsService, directory: KeyDirectory | None, max_body: int):
+        self.service, self.directory, self.max_body = service, directory, max_body
+
+    async def store(self, request: web.Request) -> web.Response:
+        tn = cps.parse_tn(request.match_info["tn"])
+        if request.content_type not in (cps.PASSPORT_TYPE, cps.JSON_TYPE):
+            return _error(415, f"Content-Type must be {cps.PASSPORT_TYPE} or {cps.JSON_TYPE}")
+        body = await _read(request, self.max_body)
+        entries = cps.parse_store_body(request.content_type, body, self.service.policy.max_batch)
+        ids = await self.service.store(tn, entries, client_key(request.remote))
+        locations = [cps.entry_path(tn, i) for i in ids]
+        doc = {"ids": list(ids), "locations": locations, "ttl": self.service.policy.ttl}
+        return web.json_response(doc, status=201, headers={"Location": locations[0]})
+
+    async def collection(self, request: web.Request) -> web.Response:
+        tn = cps.parse_tn(request.match_info["tn"])
+        items = await self.service.retrieve(tn)
+        doc = cps.list_document(tn, [(item.id, item.entry) for item in items])
+        return web.json_response(doc, headers=_NO_STORE)
+
+    async def one(self, request: web.Request) -> web.Response:
+        tn = cps.parse_tn(request.match_info["tn"])
+        entry = await self.service.get(tn, request.match_info["id"])
+        headers = {**_NO_STORE, "Link": f'<{cps.collection_path(tn)}>; rel="collection"'}
+        return web.Response(text=entry.text, content_type=cps.PASSPORT_TYPE, headers=headers)
+
+    def _directory(self) -> KeyDirectory:
+        if self.directory is None:
+            raise StirError(SipStatus.BAD_REQUEST, "no key directory on this server")
+        return self.directory
+
+    async def publish(self, request: web.Request) -> web.Response:
+        tn = cps.parse_tn(request.match_info["tn"])
+        directory = self._directory()
+        try:
+            token = (await _read(request, MAX_KEYS_BODY)).decode("ascii")
+        except UnicodeDecodeError:
+            return _error(400, "a key publication is an ASCII JWS")
+        if tn not in oobkeys.read_publication(token).tns:
+            return _error(400, f"the publication does not name {tn}")
+        pub = await directory.publish(token)
+        doc = {"tns": list(pub.tns), "kids": [k.kid for k in pub.keys], "exp": pub.exp}
+        return web.json_response(doc, status=201 if request.method == "POST" else 200)
+
+    async def keys(self, request: web.Request) -> web.Response:
+        tn = cps.parse_tn(request.match_info["tn"])
+        entry = await self._directory().lookup(tn)
+        return web.json_response(entry.to_json(), headers={"Cache-Control": "max-age=30"})
+
+
+def add_cps_routes(
+    app: web.Application,
+    service: CpsService,
+    directory: KeyDirectory | None = None,
+    *,
+    max_body: int = MAX_STORE_BODY,
+) -> None:
+    """Mount ``/cps/{tn}/ppts…`` and, with a directory, ``/keys/{tn}`` on ``app``."""
+    routes = _Routes(service, directory, max_body)
+    app.router.add_post("/cps/{tn}/ppts", _guard(routes.store))
+    app.router.add_get("/cps/{tn}/ppts", _guard(routes.collection))
+    app.router.add_get("/cps/{tn}/ppts/{id}", _guard(routes.one))
+    if directory is not None:
+        app.router.add_put("/keys/{tn}", _guard(routes.publish))
+        app.router.add_post("/keys/{tn}", _guard(routes.publish))
+        app.router.add_get("/keys/{tn}", _guard(routes.keys))
+
+
+def build_cps_app(
+    service: CpsService,
+    directory: KeyDirectory | None = None,
+    *,
+    ping: Ping | None = None,
+    max_body: int = MAX_STORE_BODY,
+) -> web.Application:
+    """The standalone CPS: the routes above plus ``GET /healthz`` (503 when ``ping``
+    fails, e.g. Redis is down)."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        doc: dict[str, Any] = {"status": "ok", "stored": service.stored,
+                               "refused": service.refused}  # fmt: skip
+        if ping is not None:
+            try:
+                await ping()
+            except StoreUnavailable as exc:
+                return web.json_response({**doc, "status": "store unavailable",
+                                          "detail": str(exc)}, status=503)  # fmt: skip
+        return web.json_response(doc)
+
+    app = web.Application(client_max_size=max(max_body, MAX_KEYS_BODY))
+    add_cps_routes(app, service, directory, max_body=max_body)
+    app.router.add_get("/healthz", healthz)
+    return app

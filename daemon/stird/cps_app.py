@@ -1,0 +1,164 @@
+"""The standalone Call Placement Service: ``stird cps serve`` (RFC 8816 §9).
+
+Builds the CPS and key directory from stird.toml: trust anchors from ``[verify]
+trust_anchors`` (publications must chain to them), storage in memory or in Redis
+(``--redis`` or ``[store] redis``) so several CPS servers behind a load balancer share one
+store. With the embedded default configuration (no file) the development credential and
+development encryption key under the state directory are trusted and published for every
+number — development only, logged loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+
+from stird.adapters import enckeys, keyfiles
+from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
+from stird.adapters.cps_memory import MemoryCpsStore
+from stird.adapters.cps_redis import RedisCpsStore
+from stird.adapters.cps_server import build_cps_app
+from stird.adapters.sdnotify import SystemdNotifier
+from stird.adapters.store_memory import MemoryStore
+from stird.adapters.store_redis import RedisStore
+from stird.config import Config, ConfigError, load_config, parse_hostport
+from stird.core.oob import RecipientKey
+from stird.core.oobkeys import PublicationPolicy
+from stird.services.certcache import CertificateCache
+from stird.services.cps import CpsPolicy, CpsService
+from stird.services.keydir import KeyDirectory
+from stird.services.ports import CpsStore, KeyValueStore
+
+log = logging.getLogger("stird.cps")
+DEV_NAME = "dev"  # the folder stird serve keeps its development credential in
+
+
+def ensure_dev_enc_key(state_dir: Path) -> tuple[Path, Path]:
+    """The embedded default's X25519 encryption key pair under ``state_dir/dev``."""
+    folder = state_dir / DEV_NAME
+    private, public = folder / enckeys.PRIVATE_NAME, folder / enckeys.PUBLIC_NAME
+    if not private.exists():
+        enckeys.write_enc_keypair(folder, "x25519", force=True)
+    return private, public
+
+
+def _dev_trust(
+    config: Config, state_dir: Path
+) -> tuple[PublicationPolicy, tuple[RecipientKey, ...]]:
+    """Pins the development credential (if stird serve made one) and the dev key."""
+    cert = state_dir / DEV_NAME / "cert.pem"
+    pins = keyfiles.load_certs(cert) if cert.exists() else ()
+    _, public = ensure_dev_enc_key(state_dir)
+    log.warning("DEVELOPMENT CPS: trusting the development credential and publishing the "
+                "development encryption key for every number")  # fmt: skip
+    policy = PublicationPolicy(anchors=_anchors(config), pins=tuple(pins[:1]))
+    return policy, enckeys.load_recipient_keys(public)
+
+
+def _anchors(config: Config) -> tuple[x509.Certificate, ...]:
+    return tuple(c for path in config.verify.trust_anchors for c in keyfiles.load_certs(path))
+
+
+def _fetcher(config: Config) -> HttpCertificateFetcher:
+    v = config.verify
+    policy = FetchPolicy(
+        timeout=float(v.fetch_timeout),
+        allow_http=v.allow_http,
+        allow_networks=tuple(ip_network(n, strict=False) for n in v.allow_networks),
+        allow_hosts=v.allow_hosts,
+    )
+    return HttpCertificateFetcher(policy, ssl_context=ssl.create_default_context())
+
+
+@dataclass
+class CpsParts:
+    service: CpsService
+    directory: KeyDirectory
+    app: web.Application
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            await close()
+
+
+def build_cps(config: Config, state_dir: Path, redis: str | None = None) -> CpsParts:
+    """CPS service, key directory and aiohttp app for ``config`` (raises ConfigError,
+    KeyFileError)."""
+    url = redis or config.store.redis
+    store: CpsStore
+    keys: KeyValueStore
+    ping = None
+    if url:
+        store, keys = RedisCpsStore(url), RedisStore(url, prefix="stird:keys:")
+        ping = store.ping
+    else:
+        store, keys = MemoryCpsStore(), MemoryStore()
+    if config.source is None:
+        policy, wildcard = _dev_trust(config, state_dir)
+    else:
+        policy, wildcard = PublicationPolicy(anchors=_anchors(config)), ()
+        if not policy.anchors:
+            log.warning("no [verify] trust_anchors: every key publication will be refused")
+    fetcher = _fetcher(config)
+    cache = CertificateCache(fetcher)
+    directory = KeyDirectory(keys, policy, credentials=cache, dev_wildcard=wildcard)
+    service = CpsService(store, CpsPolicy(), suites=directory.suites)
+    parts = CpsParts(service, directory, build_cps_app(service, directory, ping=ping))
+    parts.closers += [fetcher.close, cache.close]
+    for closable in (store, keys):
+        closer = getattr(closable, "close", None)
+        if closer is not None:
+            parts.closers.append(closer)
+    return parts
+
+
+async def run_cps(parts: CpsParts, host: str, port: int, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(parts.app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        notifier = SystemdNotifier()
+        log.info("CPS listening on %s:%d", host, port)
+        notifier.ready(f"CPS serving on {host}:{port}")
+        await stop.wait()
+        notifier.stopping()
+    finally:
+        await runner.cleanup()
+        await parts.close()
+
+
+async def _serve(config: Config, state: Path, redis: str | None, host: str, port: int) -> None:
+    parts = build_cps(config, state, redis)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_cps(parts, host, port, stop)
+
+
+def cps_main(config_path: str | None, listen: str, state_dir: str, redis: str | None) -> int:
+    """``stird cps serve``: 0 after SIGTERM/SIGINT, 2 on a configuration or listener error."""
+    try:
+        config = load_config(config_path)
+        where = parse_hostport(listen)
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        asyncio.run(_serve(config, state, redis, where.host, where.port))
+    except (ConfigError, keyfiles.KeyFileError, ValueError, OSError) as exc:
+        print(f"stird cps: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["CpsParts", "build_cps", "cps_main", "ensure_dev_enc_key", "run_cps"]
