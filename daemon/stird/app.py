@@ -26,6 +26,7 @@ from stird.adapters.netstring import NetstringServer
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
+from stird.asterisk import start_asterisk
 from stird.config import Config, ConfigError, HostPort
 from stird.core import certs
 from stird.core.passport import Ppt
@@ -224,6 +225,8 @@ class Daemon:
             self.jsonrpc_address = await self._netstring.start(
                 server.jsonrpc.host, server.jsonrpc.port
             )
+        self.asterisk = await start_asterisk(self.config, self.api, self.metrics)
+        self.agi_address = self.asterisk.agi_address
         self._announce()
 
     def _store(self) -> KeyValueStore:
@@ -262,6 +265,7 @@ class Daemon:
         self.notifier.stopping()
         if self._netstring is not None:
             await self._netstring.close()
+        await self.asterisk.close()
         await self._runner.cleanup()
         await self.built.cache.close()
         await self.built.fetcher.close()

@@ -104,12 +104,29 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AsteriskConfig:
+    """[asterisk]: the FastAGI routes (listener: [server] agi) and the AMI client."""
+
+    agi_timeout: float = 2.0  # seconds for each FastAGI exchange
+    fail_action: str = "reject"  # what the dialplan is told when stird cannot sign/verify
+    dtls_certs: tuple[tuple[str, Path], ...] = ()  # endpoint -> its pjsip dtls_cert_file
+    dtls_fingerprint: str = "SHA-256"  # as pjsip.conf dtls_fingerprint
+    ami_enabled: bool = False
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "stird"
+    ami_secret: str | None = None
+    ami_secret_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     sign: SignConfig = field(default_factory=SignConfig)
     credentials: tuple[CredentialConfig, ...] = ()
     store: StoreConfig = field(default_factory=StoreConfig)
+    asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None = embedded default
 
@@ -196,6 +213,38 @@ _CREDENTIAL: dict[str, Check] = {
 _STORE: dict[str, Check] = {"redis": _typed(str)}
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError("must be a port number (1-65535)")
+    return value
+
+
+def _dtls_certs(value: Any) -> tuple[tuple[str, Path], ...]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise ValueError('must be a table of endpoint = "/path/to/dtls_cert_file"')
+    return tuple((name, Path(path)) for name, path in value.items())
+
+
+_ASTERISK: dict[str, Check] = {
+    "agi_timeout": _positive, "fail_action": _one_of("reject", "continue"),
+    "dtls_certs": _dtls_certs, "dtls_fingerprint": _one_of("SHA-256", "SHA-1"),
+    "ami_enabled": _typed(bool), "ami_host": _typed(str), "ami_port": _port,
+    "ami_user": _typed(str), "ami_secret": _typed(str),
+    "ami_secret_file": lambda v: Path(_typed(str)(v)),
+}  # fmt: skip
+
+
+def _asterisk(table: Any) -> AsteriskConfig:
+    fields = _section(table, "[asterisk]", _ASTERISK)
+    if "ami_secret" in fields and "ami_secret_file" in fields:
+        raise ConfigError("[asterisk] ami_secret: give ami_secret or ami_secret_file, not both")
+    if fields.get("ami_enabled") and not ("ami_secret" in fields or "ami_secret_file" in fields):
+        raise ConfigError("[asterisk] ami_secret: required when ami_enabled = true")
+    return AsteriskConfig(**fields)
+
+
 def _section(table: Any, where: str, spec: Mapping[str, Check]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table")
@@ -226,7 +275,7 @@ def _credentials(items: Any) -> tuple[CredentialConfig, ...]:
     return tuple(out)
 
 
-_TOP = {"server", "verify", "sign", "credential", "store", "log_level"}
+_TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "log_level"}
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -244,6 +293,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         sign=SignConfig(**_section(data.get("sign", {}), "[sign]", _SIGN)),
         credentials=_credentials(data.get("credential", [])),
         store=StoreConfig(**_section(data.get("store", {}), "[store]", _STORE)),
+        asterisk=_asterisk(data.get("asterisk", {})),
         log_level=level,
         source=source,
     )

@@ -1,0 +1,69 @@
+"""Wiring for Asterisk: the FastAGI listener ([server] agi) and the AMI client
+([asterisk] ami_*), built from the configuration and reported in /healthz."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from stird.adapters.agi import AgiServer
+from stird.adapters.ami import AmiClient, AmiSettings
+from stird.adapters.api import StirApi
+from stird.adapters.dtls import DtlsCertificates
+from stird.adapters.metrics import Metrics
+from stird.config import AsteriskConfig, Config, ConfigError
+
+log = logging.getLogger("stird")
+
+
+@dataclass
+class AsteriskLink:
+    agi: AgiServer | None = None
+    agi_address: tuple[str, int] | None = None
+    ami: AmiClient | None = None
+
+    async def close(self) -> None:
+        if self.agi is not None:
+            await self.agi.close()
+        if self.ami is not None:
+            await self.ami.close()
+
+
+def ami_secret(config: AsteriskConfig) -> str:
+    if config.ami_secret_file is None:
+        return config.ami_secret or ""
+    try:
+        return config.ami_secret_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"[asterisk] ami_secret_file: cannot read ({exc})") from None
+
+
+def ami_settings(config: AsteriskConfig) -> AmiSettings:
+    return AmiSettings(
+        host=config.ami_host,
+        port=config.ami_port,
+        user=config.ami_user,
+        secret=ami_secret(config),
+        timeout=float(config.agi_timeout),
+    )
+
+
+async def start_asterisk(config: Config, api: StirApi, metrics: Metrics) -> AsteriskLink:
+    """Start what the configuration asks for; their state goes into ``api.health``."""
+    link = AsteriskLink()
+    ast = config.asterisk
+    settings = ami_settings(ast) if ast.ami_enabled else None  # ConfigError before listening
+    if config.server.agi is not None:
+        dtls = DtlsCertificates(dict(ast.dtls_certs), ast.dtls_fingerprint)
+        link.agi = AgiServer(api, dtls, timeout=float(ast.agi_timeout), fail_action=ast.fail_action)
+        link.agi_address = await link.agi.start(config.server.agi.host, config.server.agi.port)
+        api.health["agi"] = link.agi.health
+        log.info("FastAGI on %s:%d", *link.agi_address)
+    if settings is not None:
+        link.ami = AmiClient(settings, metrics)
+        await link.ami.start()
+        api.health["ami"] = link.ami.health
+    return link
+
+
+__all__ = ["AsteriskLink", "ami_settings", "start_asterisk"]
