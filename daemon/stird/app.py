@@ -21,6 +21,7 @@ from stird.adapters.api import Runtime, StirApi
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
 from stird.adapters.http_api import build_app
 from stird.adapters.jsonrpc import Dispatcher
+from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget, probe
 from stird.adapters.metrics import Metrics
 from stird.adapters.netstring import NetstringServer
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
@@ -226,8 +227,27 @@ class Daemon:
                 server.jsonrpc.host, server.jsonrpc.port
             )
         self.asterisk = await start_asterisk(self.config, self.api, self.metrics)
+        self.kamailio = self._kamailio()
         self.agi_address = self.asterisk.agi_address
         self._announce()
+
+    def _kamailio(self) -> KamailioRpc | None:
+        """Kamailio's jsonrpcs, probed periodically for /healthz (and used by the dialog
+        policy to end calls)."""
+        k = self.config.kamailio
+        if not (k.rpc_url or k.rpc_socket):
+            return None
+        rpc = KamailioRpc(
+            KamailioTarget(url=k.rpc_url, socket_path=k.rpc_socket, timeout=k.timeout)
+        )
+
+        async def watch() -> None:
+            while True:
+                self.api.health["kamailio"] = await probe(rpc)
+                await asyncio.sleep(k.health_interval)
+
+        self._kamailio_watch = asyncio.get_running_loop().create_task(watch())
+        return rpc
 
     def _store(self) -> KeyValueStore:
         local = MemoryStore()
@@ -266,6 +286,9 @@ class Daemon:
         if self._netstring is not None:
             await self._netstring.close()
         await self.asterisk.close()
+        if self.kamailio is not None:
+            self._kamailio_watch.cancel()
+            await self.kamailio.close()
         await self._runner.cleanup()
         await self.built.cache.close()
         await self.built.fetcher.close()

@@ -120,6 +120,16 @@ class AsteriskConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KamailioConfig:
+    """[kamailio]: stird → Kamailio control and health through jsonrpcs."""
+
+    rpc_url: str | None = None  # http://127.0.0.1:5081/RPC (xhttp)
+    rpc_socket: str | None = None  # /run/kamailio/kamailio_rpc.sock (UNIX datagram)
+    timeout: float = 1.0
+    health_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -127,6 +137,7 @@ class Config:
     credentials: tuple[CredentialConfig, ...] = ()
     store: StoreConfig = field(default_factory=StoreConfig)
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
+    kamailio: KamailioConfig = field(default_factory=KamailioConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None = embedded default
 
@@ -275,7 +286,20 @@ def _credentials(items: Any) -> tuple[CredentialConfig, ...]:
     return tuple(out)
 
 
-_TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "log_level"}
+_KAMAILIO: dict[str, Check] = {
+    "rpc_url": _typed(str), "rpc_socket": _typed(str), "timeout": _positive,
+    "health_interval": _positive,
+}  # fmt: skip
+
+
+def _kamailio(table: Any) -> KamailioConfig:
+    fields = _section(table, "[kamailio]", _KAMAILIO)
+    if fields.get("rpc_url") and fields.get("rpc_socket"):
+        raise ConfigError("[kamailio] rpc_url: give rpc_url or rpc_socket, not both")
+    return KamailioConfig(**fields)
+
+
+_TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "kamailio", "log_level"}
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -294,6 +318,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         credentials=_credentials(data.get("credential", [])),
         store=StoreConfig(**_section(data.get("store", {}), "[store]", _STORE)),
         asterisk=_asterisk(data.get("asterisk", {})),
+        kamailio=_kamailio(data.get("kamailio", {})),
         log_level=level,
         source=source,
     )

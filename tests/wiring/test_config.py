@@ -88,3 +88,14 @@ def test_embedded_default_and_overrides(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert config.credentials == ()
     with pytest.raises(ConfigError, match="command line"):
         with_overrides(Config(), http="oops")
+
+
+def test_kamailio_section() -> None:
+    import tomllib
+
+    config = parse_config(
+        tomllib.loads("[kamailio]\nrpc_socket = '/run/kamailio/kamailio_rpc.sock'\n")
+    )
+    assert config.kamailio.rpc_socket == "/run/kamailio/kamailio_rpc.sock"
+    with pytest.raises(ConfigError, match=r"\[kamailio\] rpc_url"):
+        parse_config(tomllib.loads("[kamailio]\nrpc_url = 'http://x/RPC'\nrpc_socket = '/s'\n"))

@@ -236,3 +236,26 @@ async def test_failed_reload_keeps_running_config(daemon: Daemon, tmp_path: Path
     )
     await daemon.reload(broken)
     assert daemon.api.runtime is before
+
+
+async def test_kamailio_health_in_healthz(tmp_path: Path) -> None:
+    from stird.config import KamailioConfig
+
+    cfg = replace(
+        config(tmp_path),
+        kamailio=KamailioConfig(rpc_socket=str(tmp_path / "none.sock"), timeout=0.2),
+    )
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        host, port = d.http_address
+        async with aiohttp.ClientSession() as session:
+            for _ in range(50):
+                async with session.get(f"http://{host}:{port}/healthz") as response:
+                    health = await response.json()
+                if "kamailio" in health:
+                    break
+                await asyncio.sleep(0.05)
+        assert health["kamailio"]["reachable"] is False
+    finally:
+        await d.stop()
