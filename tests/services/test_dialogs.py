@@ -1,0 +1,146 @@
+"""The msec dialog policy state machine (RFC 8862 §4.3–4.4) with an injected clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from stird.services.dialogs import (
+    Decision,
+    DialogHandle,
+    DialogPolicy,
+    MsecPolicy,
+    Outcome,
+    Phase,
+)
+
+H = DialogHandle(kamailio=(2792, 2011))
+
+
+@dataclass
+class FakeEnder:
+    ended: list[tuple[DialogHandle, str]] = field(default_factory=list)
+    works: bool = True
+
+    async def end(self, handle: DialogHandle, reason: str) -> bool:
+        if not self.works:
+            raise ConnectionError("kamailio gone")
+        self.ended.append((handle, reason))
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(
+    policy: MsecPolicy = MsecPolicy.MANDATORY, **kw: object
+) -> tuple[DialogPolicy, FakeEnder, Clock, list[Outcome]]:
+    ender, clock, outcomes = FakeEnder(), Clock(), []
+    dp = DialogPolicy(ender, policy=policy, window=5.0, clock=clock,
+                      on_outcome=lambda c, o, p: outcomes.append(o), **kw)  # type: ignore[arg-type]  # fmt: skip
+    return dp, ender, clock, outcomes
+
+
+async def test_valid_backwards_request_confirms() -> None:
+    dp, ender, clock, outcomes = make()
+    dp.offered("c1", H)
+    dp.answered("c1")
+    assert await dp.backwards("c1", valid=True) is Decision.CONTINUE
+    clock.now += 60
+    assert await dp.tick() == 0
+    assert (dp.phase("c1"), ender.ended, outcomes) == (Phase.CONFIRMED, [], [Outcome.CONFIRMED])
+
+
+async def test_mandatory_ends_a_dialog_without_backwards_request() -> None:
+    dp, ender, clock, outcomes = make()
+    dp.offered("c1", H)
+    dp.answered("c1")
+    clock.now += 4.9
+    assert await dp.tick() == 0
+    clock.now += 0.2
+    assert await dp.tick() == 1
+    assert ender.ended == [(H, 'STIR;cause=438;text="msec: timed-out"')]
+    assert outcomes == [Outcome.TIMED_OUT] and len(dp) == 0
+
+
+async def test_opportunistic_only_records() -> None:
+    dp, ender, clock, outcomes = make(MsecPolicy.OPPORTUNISTIC)
+    dp.offered("c1", H)
+    dp.answered("c1")
+    clock.now += 10
+    await dp.tick()
+    assert ender.ended == [] and outcomes == [Outcome.TIMED_OUT]
+    assert dp.phase("c1") is Phase.FAILED
+
+
+async def test_invalid_backwards_request_ends_at_once_under_mandatory() -> None:
+    dp, ender, _, outcomes = make()
+    dp.offered("c1", H)
+    dp.answered("c1")
+    assert await dp.backwards("c1", valid=False) is Decision.END
+    assert len(ender.ended) == 1 and outcomes == [Outcome.INVALID]
+
+
+@pytest.mark.parametrize("code", [428, 436, 437, 438])
+async def test_one_retry_then_policy(code: int) -> None:
+    dp, ender, _, _ = make()
+    dp.offered("c1", H)
+    dp.answered("c1")
+    assert await dp.refused("c1", code) is Decision.RETRY
+    assert await dp.refused("c1", code) is Decision.END
+    assert len(ender.ended) == 1
+
+
+async def test_other_codes_and_unknown_dialogs_are_ignored() -> None:
+    dp, ender, _, _ = make()
+    dp.offered("c1", H)
+    assert await dp.refused("c1", 486) is Decision.CONTINUE
+    assert await dp.refused("nope", 438) is Decision.CONTINUE
+    assert await dp.backwards("nope", valid=False) is Decision.CONTINUE
+    assert ender.ended == []
+
+
+async def test_ended_dialogs_leave_no_state_and_no_timer_action() -> None:
+    dp, ender, clock, _ = make()
+    dp.offered("c1", H)
+    dp.answered("c1")
+    dp.ended("c1")
+    clock.now += 60
+    assert await dp.tick() == 0 and ender.ended == [] and len(dp) == 0
+
+
+async def test_memory_is_bounded_and_old_dialogs_expire() -> None:
+    dp, _, clock, _ = make(max_dialogs=3, max_age=100.0)
+    for i in range(5):
+        dp.offered(f"c{i}", H)
+    assert len(dp) == 3 and dp.phase("c0") is None
+    clock.now += 101
+    await dp.tick()
+    assert len(dp) == 0
+
+
+async def test_a_broken_pbx_link_does_not_break_the_policy() -> None:
+    dp, ender, clock, outcomes = make()
+    ender.works = False
+    dp.offered("c1", H)
+    dp.answered("c1")
+    clock.now += 6
+    assert await dp.tick() == 1
+    assert outcomes == [Outcome.TIMED_OUT] and len(dp) == 0
+
+
+async def test_answer_without_offer_and_repeated_answers_are_harmless() -> None:
+    dp, _, clock, _ = make()
+    dp.answered("ghost")
+    dp.offered("c1", H)
+    dp.answered("c1")
+    clock.now += 3
+    dp.answered("c1")  # a retransmitted 2xx does not push the deadline
+    clock.now += 2.5
+    assert await dp.tick() == 1
