@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,3 +59,17 @@ def signer(tmp_path: Path, cli: Cli) -> Signer:
     cert = tmp_path / "cert.pem"
     assert cli("cert", "--key", key, "--tn", "+12025550100", "--out", cert).code == 0
     return Signer(tmp_path, key, public, cert)
+
+
+@pytest.fixture
+def served_cert(signer: Signer) -> Iterator[str]:
+    """The signer's certificate on a loopback HTTP server (its x5u); yields the URL."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(signer.cert.parent)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{signer.cert.name}"
+    server.shutdown()
+    server.server_close()

@@ -5,11 +5,9 @@ secsipidx also fetches stird's certificate over HTTP from the `x5u` URL."""
 from __future__ import annotations
 
 import functools
-import http.server
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,20 +47,6 @@ def tamper(value: str) -> str:
     head, body, sig = token.split(".")
     flipped = ("B" if sig[10] != "B" else "C").join((sig[:10], sig[11:]))
     return f"{head}.{body}.{flipped};{params}"
-
-
-@pytest.fixture
-def cert_server(signer: Signer) -> Iterator[str]:
-    """A loopback HTTP server publishing the signer's certificate (x5u)."""
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(signer.cert.parent)
-    )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{signer.cert.name}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_secsipidx_accepts_stird_shaken_with_public_key(cli: Cli, signer: Signer) -> None:
@@ -109,10 +93,10 @@ def secsipidx_check(url: str, value: str) -> tuple[int, str]:
 
 
 def test_secsipidx_fetches_stird_certificate_from_x5u(
-    cli: Cli, signer: Signer, cert_server: str, secsipidx_server: str
+    cli: Cli, signer: Signer, served_cert: str, secsipidx_server: str
 ) -> None:
     """secsipidx downloads stird's STIR certificate (with its TNAuthList) and verifies."""
-    value = stird_sign(cli, signer, cert_server)
+    value = stird_sign(cli, signer, served_cert)
     assert secsipidx_check(secsipidx_server, value) == (200, "OK")
     status, body = secsipidx_check(secsipidx_server, tamper(value))
     assert status != 200

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import stat
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -210,20 +206,6 @@ def test_console_script_runs() -> None:
                           text=True, timeout=60, check=False)  # fmt: skip
     assert proc.returncode == 0
     assert "VALUE" in proc.stdout.upper()
-
-
-@pytest.fixture
-def served_cert(signer: Signer) -> Iterator[str]:
-    """The signer's certificate on a loopback HTTP server; yields its URL."""
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(signer.cert.parent)
-    )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{signer.cert.name}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_verify_fetch_prints_the_full_verdict(cli: Cli, signer: Signer, served_cert: str) -> None:
