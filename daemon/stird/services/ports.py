@@ -14,6 +14,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from stird.core.oob import RecipientKey, SealedEntry
 from stird.core.verdict import Credential
 
 #: Seconds since the epoch, as a float. Services never read the clock directly.
@@ -115,3 +116,39 @@ class CpsStore(Protocol):
         ...
 
     async def entry(self, tn: str, entry_id: str, now: float) -> bytes | None: ...
+
+
+class CpsFailure(Exception):
+    """A request to a Call Placement Service failed: unreachable, timed out, refused
+    (HTTP status), or answered something malformed. The message is short and safe to log
+    (no body is echoed)."""
+
+
+class CpsTimeout(CpsFailure):
+    """The CPS did not answer within the client's timeout."""
+
+
+class CpsClient(Protocol):
+    """Talks to Call Placement Services (RFC 8816 §9 and the ATIS-style profile). ``cps``
+    is the service's base URL; every call raises only :class:`CpsFailure` and never
+    outlives its timeout."""
+
+    async def recipient_keys(self, cps: str, tn: str) -> tuple[RecipientKey, ...]:
+        """The encryption keys published for ``tn`` (``GET /keys/{tn}``)."""
+        ...
+
+    async def store_sealed(self, cps: str, tn: str, entries: Sequence[SealedEntry]) -> None:
+        """``POST /cps/{tn}/ppts`` (one entry, or a batch)."""
+        ...
+
+    async def fetch_sealed(self, cps: str, tn: str) -> tuple[SealedEntry, ...]:
+        """``GET /cps/{tn}/ppts``: real entries and dummies, indistinguishable."""
+        ...
+
+    async def store_plain(self, cps: str, dest: str, orig: str, passports: Sequence[str]) -> None:
+        """ATIS profile: ``POST /passports/{dest}/{orig}`` with a Bearer token."""
+        ...
+
+    async def fetch_plain(self, cps: str, dest: str, orig: str) -> tuple[str, ...]:
+        """ATIS profile: ``GET /passports/{dest}/{orig}``."""
+        ...
