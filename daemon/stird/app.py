@@ -19,6 +19,7 @@ from aiohttp import web
 from stird.adapters import keyfiles
 from stird.adapters.api import Runtime, StirApi
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
+from stird.adapters.cps_client import HttpCpsClient
 from stird.adapters.http_api import build_app
 from stird.adapters.jsonrpc import Dispatcher
 from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget, probe
@@ -33,6 +34,8 @@ from stird.core import certs
 from stird.core.passport import Ppt
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, VerifyPolicy
+from stird.cps_app import CpsParts
+from stird.oob_app import build_oob, mount_cps, own_url
 from stird.services.authentication import (
     AuthenticationService,
     SigningCredential,
@@ -173,15 +176,25 @@ def _fetcher(config: Config) -> HttpCertificateFetcher:
     return HttpCertificateFetcher(policy, ssl_context=ssl.create_default_context())
 
 
-@dataclass
+@dataclass(eq=False)
 class Built:
     runtime: Runtime
     fetcher: HttpCertificateFetcher
     cache: CertificateCache
+    cps_client: HttpCpsClient | None = None
+
+    async def close(self) -> None:
+        await self.cache.close()
+        await self.fetcher.close()
+        if self.cps_client is not None:
+            await self.cps_client.close()
 
 
-def build_runtime(config: Config, store: KeyValueStore, base_url: str, now: int) -> Built:
-    """Everything a configuration produces; raises ConfigError/KeyFileError on problems."""
+def build_runtime(
+    config: Config, store: KeyValueStore, base_url: str, now: int, *, own_cps: str | None = None
+) -> Built:
+    """Everything a configuration produces; raises ConfigError/KeyFileError on problems.
+    ``own_cps``: how stird reaches its own listener (the in-process CPS)."""
     creds = signing_credentials(config, base_url, now)
     fetcher = _fetcher(config)
     cache = CertificateCache(fetcher, shared=store if config.store.redis else None)
@@ -190,14 +203,16 @@ def build_runtime(config: Config, store: KeyValueStore, base_url: str, now: int)
         StaticCredentials(own, fallback=cache), store, _service_policy(config)
     )
     notes = () if config.credentials else ("development credential: not for production",)
+    oob, cps_client = build_oob(config, creds, own_cps or base_url)
     runtime = Runtime(
         auth=AuthenticationService(creds, _sign_policy(config)),
         verifier=verifier,
         region=config.verify.default_region or None,
         certificates={c.name: b"".join(certs.cert_to_pem(x) for x in c.chain) for c in creds},
         notes=notes,
+        oob=oob,
     )
-    return Built(runtime, fetcher, cache)
+    return Built(runtime, fetcher, cache, cps_client)
 
 
 @dataclass
@@ -213,10 +228,13 @@ class Daemon:
         self.http_address: tuple[str, int] = http_sock.getsockname()[:2]
         self.base_url = _public_url(self.config, self.http_address)
         self.store = self._store()
-        self.built = build_runtime(self.config, self.store, self.base_url, int(time.time()))
+        self.built = self._build(self.config)
+        self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
         self.api = StirApi(self.built.runtime, self.metrics)
         self.metrics.watch_cache(lambda: self.built.cache.stats)
-        self._runner = web.AppRunner(build_app(self.api, max_body=server.max_body), access_log=None)
+        app = build_app(self.api, max_body=server.max_body)
+        self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, http_sock).start()
         self.jsonrpc_address: tuple[str, int] | None = None
@@ -230,6 +248,10 @@ class Daemon:
         self.kamailio = self._kamailio()
         self.agi_address = self.asterisk.agi_address
         self._announce()
+
+    def _build(self, config: Config) -> Built:
+        return build_runtime(config, self.store, self.base_url, int(time.time()),
+                             own_cps=own_url(self.http_address))  # fmt: skip
 
     def _kamailio(self) -> KamailioRpc | None:
         """Kamailio's jsonrpcs, probed periodically for /healthz (and used by the dialog
@@ -271,15 +293,21 @@ class Daemon:
         services they started with. Listener changes need a restart."""
         self.notifier.reloading()
         try:
-            built = build_runtime(config, self.store, self.base_url, int(time.time()))
+            built = self._build(config)
         except (ConfigError, keyfiles.KeyFileError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
         else:
             old, self.built, self.config = self.built, built, config
             self.api.runtime = built.runtime
-            asyncio.get_running_loop().call_later(30, _close_later, old)
+            self._retired.append(old)
+            asyncio.get_running_loop().call_later(30, self._retire, old)
             log.info("configuration reloaded")
         self.notifier.ready("reloaded")
+
+    def _retire(self, old: Built) -> None:
+        if old in self._retired:
+            self._retired.remove(old)
+            _close_later(old)
 
     async def stop(self) -> None:
         self.notifier.stopping()
@@ -290,8 +318,10 @@ class Daemon:
             self._kamailio_watch.cancel()
             await self.kamailio.close()
         await self._runner.cleanup()
-        await self.built.cache.close()
-        await self.built.fetcher.close()
+        if self.cps is not None:
+            await self.cps.close()
+        for built in (*self._retired, self.built):
+            await built.close()
         if isinstance(self.store, FallbackStore):
             await self.store.close()
         log.info("stopped")
@@ -301,11 +331,7 @@ _CLOSING: set[asyncio.Task[None]] = set()
 
 
 def _close_later(built: Built) -> None:
-    async def close() -> None:
-        await built.cache.close()
-        await built.fetcher.close()
-
-    task = asyncio.get_running_loop().create_task(close())
+    task = asyncio.get_running_loop().create_task(built.close())
     _CLOSING.add(task)
     task.add_done_callback(_CLOSING.discard)
 

@@ -1,6 +1,6 @@
 """The ``stird`` command line: offline tools for operators and tests.
 
-    stird keygen  --out DIR
+    stird keygen  --out DIR [--type p256|x25519|mlkem768-x25519]
     stird cert    --key KEY [--tn N ...] [--tn-range START,COUNT ...] [--spc CODE]
                   [--uri URI ...] [--anonymous] [--days D] [--ca] [--issuer-key K
                   --issuer-cert C] --out CERT.pem
@@ -10,6 +10,7 @@
                   [--sdp FILE] (--cert PEM | --trust-anchor PEM ... | --fetch ...)
                   [--now EPOCH] [--max-age SECONDS]
     stird decode  VALUE
+    stird cps serve [--config FILE] [--listen HOST:PORT] [--state-dir DIR] [--redis URL]
 
 Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error.
 """
@@ -21,6 +22,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import ssl
 import sys
 import time
@@ -29,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stird.adapters import enckeys
 from stird.adapters import keyfiles as keys
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
 from stird.adapters.store_memory import MemoryStore
@@ -67,7 +70,10 @@ def _read_text(path: str, what: str) -> str:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    private, public = keys.write_keypair(Path(args.out), force=args.force)
+    if args.type == "p256":
+        private, public = keys.write_keypair(Path(args.out), force=args.force)
+    else:  # an out-of-band encryption key (RFC 8816 §11)
+        private, public = enckeys.write_enc_keypair(Path(args.out), args.type, force=args.force)
     print(json.dumps({"private_key": str(private), "public_key": str(public)}))
     return EXIT_OK
 
@@ -256,10 +262,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cps(args: argparse.Namespace) -> int:
+    """``stird cps serve``: the standalone CPS until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=getattr(logging, (args.log_level or "info").upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from stird.cps_app import cps_main  # noqa: PLC0415 - the offline tools need none of it
+
+    state = args.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return cps_main(args.config, args.listen, state or "/var/lib/stird-cps", args.redis)
+
+
 def _parser() -> argparse.ArgumentParser:
     return build_parser(
         keygen=cmd_keygen, cert=cmd_cert, sign=cmd_sign, verify=cmd_verify, decode=cmd_decode,
-        serve=cmd_serve, check_config=cmd_check_config,
+        serve=cmd_serve, check_config=cmd_check_config, cps=cmd_cps,
     )  # fmt: skip
 
 

@@ -31,11 +31,32 @@ def _seconds(text: str) -> float:
     return value
 
 
+KEY_TYPES = ("p256", "x25519", "mlkem768-x25519")
+
+
 def _keygen(sub: Any, run: Command) -> None:
-    p = sub.add_parser("keygen", help="generate a P-256 signing key pair")
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for the PEM files")
+    p = sub.add_parser("keygen", help="generate a signing or an encryption key pair")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the key files")
+    p.add_argument("--type", choices=KEY_TYPES, default="p256",
+                   help="p256: STIR signing key (PEM, default); x25519, mlkem768-x25519: "
+                        "out-of-band encryption key (JWK)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace existing files")
     p.set_defaults(func=run)
+
+
+def _cps(sub: Any, run: Command) -> None:
+    p = sub.add_parser("cps", help="the Call Placement Service (RFC 8816 out of band)")
+    cps = p.add_subparsers(dest="cps_command", metavar="COMMAND", required=True)
+    serve = cps.add_parser("serve", help="run a standalone CPS")
+    serve.add_argument("--config", metavar="FILE",
+                       help="default: $STIRD_CONFIG, /etc/stird/stird.toml")  # fmt: skip
+    serve.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8792",
+                       help="listener (default 127.0.0.1:8792)")  # fmt: skip
+    serve.add_argument("--state-dir", metavar="DIR",
+                       help="default $STATE_DIRECTORY, else /var/lib/stird-cps")  # fmt: skip
+    serve.add_argument("--redis", metavar="URL", help="shared store (default: [store] redis)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=run)
 
 
 def _cert(sub: Any, run: Command) -> None:
@@ -126,4 +147,5 @@ def build_parser(**commands: Command) -> argparse.ArgumentParser:
     _decode(sub, commands["decode"])
     _serve(sub, commands["serve"])
     _check_config(sub, commands["check_config"])
+    _cps(sub, commands["cps"])
     return parser

@@ -130,6 +130,24 @@ class KamailioConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OobConfig:
+    """[oob]: out-of-band PASSporTs through Call Placement Services (RFC 8816)."""
+
+    enabled: bool = True
+    cps: str | None = None  # default CPS; unset on the embedded default: stird's own listener
+    cps_by_prefix: tuple[tuple[str, str], ...] = ()  # called-number prefix (digits) -> URL
+    profile_by_cps: tuple[tuple[str, str], ...] = ()  # URL -> "rfc8816" | "atis"
+    publish_for: tuple[str, ...] = ()  # called-number prefixes always sent out of band
+    retrieve: str = "absent"  # "absent" | "always" | "never"
+    timeout: float = 1.0
+    decryption_keys: tuple[Path, ...] = ()
+    atis_spc: str | None = None
+    atis_credential: str | None = None  # a [[credential]] name (default: the first)
+    allow_http: bool = False
+    allow_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -138,6 +156,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
     kamailio: KamailioConfig = field(default_factory=KamailioConfig)
+    oob: OobConfig = field(default_factory=OobConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None = embedded default
 
@@ -299,7 +318,52 @@ def _kamailio(table: Any) -> KamailioConfig:
     return KamailioConfig(**fields)
 
 
-_TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "kamailio", "log_level"}
+def _url(value: Any) -> str:
+    text: str = _typed(str)(value)
+    if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", text):
+        raise ValueError(f"must be an http(s) URL without query or userinfo, got {text!r}")
+    return text.rstrip("/")
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"\+?[0-9]{1,15}", value):
+        raise ValueError(f"telephone-number prefixes are digits with an optional '+': {value!r}")
+    return value.lstrip("+")
+
+
+def _table(key: Check, value: Check) -> Check:
+    def check(table: Any) -> tuple[tuple[Any, Any], ...]:
+        if not isinstance(table, dict):
+            raise ValueError("must be a table")
+        return tuple((key(k), value(v)) for k, v in table.items())
+
+    return check
+
+
+_OOB: dict[str, Check] = {
+    "enabled": _typed(bool), "cps": _url, "cps_by_prefix": _table(_prefix, _url),
+    "profile_by_cps": _table(_url, _one_of("rfc8816", "atis")),
+    "publish_for": lambda v: tuple(_prefix(p) for p in _strings(v)),
+    "retrieve": _one_of("absent", "always", "never"), "timeout": _positive,
+    "decryption_keys": _paths, "atis_spc": _typed(str), "atis_credential": _typed(str),
+    "allow_http": _typed(bool), "allow_networks": _networks,
+}  # fmt: skip
+
+
+def _oob(table: Any, credentials: tuple[CredentialConfig, ...]) -> OobConfig:
+    oob = OobConfig(**_section(table, "[oob]", _OOB))
+    if oob.timeout > 10:
+        raise ConfigError("[oob] timeout: at most 10 seconds (signing waits for it)")
+    if "atis" in dict(oob.profile_by_cps).values() and not oob.atis_spc:
+        raise ConfigError("[oob] atis_spc: required when a CPS uses the atis profile")
+    names = [c.name for c in credentials]
+    if oob.atis_credential is not None and oob.atis_credential not in names:
+        raise ConfigError(f"[oob] atis_credential: no [[credential]] named {oob.atis_credential!r}")
+    return oob
+
+
+_TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "kamailio", "oob",
+        "log_level"}  # fmt: skip
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -311,14 +375,16 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     level = data.get("log_level", "info")
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level: must be one of debug, info, warning, error")
+    credentials = _credentials(data.get("credential", []))
     return Config(
         server=ServerConfig(**_section(data.get("server", {}), "[server]", _SERVER)),
         verify=VerifyConfig(**_section(data.get("verify", {}), "[verify]", _VERIFY)),
         sign=SignConfig(**_section(data.get("sign", {}), "[sign]", _SIGN)),
-        credentials=_credentials(data.get("credential", [])),
+        credentials=credentials,
         store=StoreConfig(**_section(data.get("store", {}), "[store]", _STORE)),
         asterisk=_asterisk(data.get("asterisk", {})),
         kamailio=_kamailio(data.get("kamailio", {})),
+        oob=_oob(data.get("oob", {}), credentials),
         log_level=level,
         source=source,
     )

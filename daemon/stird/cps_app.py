@@ -144,6 +144,8 @@ async def _serve(config: Config, state: Path, redis: str | None, host: str, port
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # systemd's ExecReload sends SIGHUP, whose default action would end the process.
+    loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: restart to reconfigure")
     await run_cps(parts, host, port, stop)
 
 

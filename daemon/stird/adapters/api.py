@@ -3,8 +3,9 @@ HTTP (`/v1/...`), JSON-RPC over HTTP and over netstrings all land here."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +13,20 @@ from stird.adapters.jsonrpc import Method
 from stird.adapters.metrics import Metrics
 from stird.adapters.requests import budget, sign_input, sip_facts, wants_oob
 from stird.core.errors import StirError
+from stird.core.tn import IdKind
 from stird.core.verstat import with_verstat
-from stird.services.authentication import AuthenticationService
+from stird.services.authentication import AuthenticationService, SignInput, SignOutput
+from stird.services.oob import OobPublisher, Outcome, PublishResult
+from stird.services.oobverify import OobVerification
 from stird.services.verification import VerificationService
+
+
+@dataclass(frozen=True)
+class OobRuntime:
+    """Out-of-band STIR (RFC 8816): storing at sign time, retrieval at verify time."""
+
+    publisher: OobPublisher
+    verification: OobVerification
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,24 @@ class Runtime:
     certificates: Mapping[str, bytes] = field(default_factory=dict)  # name -> PEM chain
     started: float = field(default_factory=time.time)
     notes: tuple[str, ...] = ()
+    oob: OobRuntime | None = None
+
+
+def _publishes_for(oob: OobRuntime | None, request: SignInput) -> bool:
+    """A called number under ``[oob] publish_for``."""
+    return oob is not None and any(
+        d.kind is IdKind.TN and oob.publisher.policy.publishes_for(d.value) for d in request.dest
+    )
+
+
+def _merged(results: Sequence[PublishResult]) -> PublishResult:
+    """One answer for a call to several numbers: stored only when stored for each."""
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if not r.stored]
+    outcome = failed[0].outcome if failed else Outcome.STORED
+    return PublishResult(outcome, results[0].cps, sum(r.entries for r in results),
+                         failed[0].error if failed else None)  # fmt: skip
 
 
 class StirApi:
@@ -40,26 +70,57 @@ class StirApi:
 
     async def sign(self, params: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        request = sign_input(params, self.runtime.region)
-        wants_oob(params)  # validated now; out-of-band delivery comes with the CPS
+        runtime = self.runtime
+        request = sign_input(params, runtime.region)
+        oob = wants_oob(params)
         try:
-            out = self.runtime.auth.sign(request)
+            out = runtime.auth.sign(request)
         except StirError as exc:
             self.metrics.observe("sign", time.perf_counter() - started, "error", exc.code, "")
             raise
-        ppts = ",".join(p.ppt or "base" for p in out.passports) or "none"
-        self.metrics.observe("sign", time.perf_counter() - started, "signed", None, ppts)
-        return {
+        body: dict[str, Any] = {
             "identity": list(out.identity),
             "date": out.date,
             "passport": out.passport,
             "credential": out.credential,
         }
+        if oob or _publishes_for(runtime.oob, request):
+            body["oob"] = (await self._publish(runtime.oob, request, out)).to_json()
+        ppts = ",".join(p.ppt or "base" for p in out.passports) or "none"
+        self.metrics.observe("sign", time.perf_counter() - started, "signed", None, ppts)
+        return body
+
+    async def _publish(
+        self, oob: OobRuntime | None, request: SignInput, out: SignOutput
+    ) -> PublishResult:
+        """RFC 8816 §8.1: store before answering, bounded; never raises."""
+        dests = [d.value for d in request.dest if d.kind is IdKind.TN]
+        if oob is None:
+            result = PublishResult(Outcome.SKIPPED, error="out-of-band STIR is off ([oob] cps)")
+        elif not out.passports:
+            result = PublishResult(Outcome.SKIPPED, error="nothing was signed")
+        elif not dests:
+            result = PublishResult(Outcome.SKIPPED, error="no telephone-number destination")
+        else:
+            orig = request.orig.value if request.orig.kind is IdKind.TN else None
+            tokens = [p.full for p in out.passports]
+            result = _merged(await asyncio.gather(
+                *(oob.publisher.publish(tokens, dest, orig) for dest in dests)
+            ))  # fmt: skip
+        self.metrics.cps.labels("publish", result.outcome.value).inc()
+        return result
 
     async def verify(self, params: Any) -> dict[str, Any]:
         started = time.perf_counter()
         facts = sip_facts(params)
-        verdict = await self.runtime.verifier.verify(facts, deadline=budget(params))
+        runtime = self.runtime
+        if runtime.oob is None:
+            verdict = await runtime.verifier.verify(facts, deadline=budget(params))
+        else:
+            check = await runtime.oob.verification.verify(runtime.verifier, facts, budget(params))
+            verdict = check.verdict
+            if check.retrieval is not None:
+                self.metrics.cps.labels("retrieve", check.retrieval.outcome.value).inc()
         body = verdict.to_json()
         body["pai"] = self._pai(facts.pai or facts.from_, verdict.verstat.value)
         ppt = next((p.ppt or "base" for p in verdict.passports if p.supported), "none")
