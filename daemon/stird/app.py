@@ -7,18 +7,16 @@ import asyncio
 import logging
 import signal
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_network
 from pathlib import Path
 
 from aiohttp import web
 
 from stird.adapters import keyfiles
 from stird.adapters.api import Runtime, StirApi
-from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
+from stird.adapters.certfetch import HttpCertificateFetcher
 from stird.adapters.cps_client import HttpCpsClient
 from stird.adapters.http_api import build_app
 from stird.adapters.jsonrpc import Dispatcher
@@ -29,6 +27,7 @@ from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.asterisk import start_asterisk
+from stird.builders import fetcher_for, trust_anchors
 from stird.config import Config, ConfigError, HostPort
 from stird.core import certs
 from stird.core.passport import Ppt
@@ -133,7 +132,7 @@ def signing_credentials(config: Config, base_url: str, now: int) -> tuple[Signin
 
 def _service_policy(config: Config) -> ServicePolicy:
     v = config.verify
-    anchors = tuple(c for path in v.trust_anchors for c in keyfiles.load_certs(path))
+    anchors = trust_anchors(config)
     verify = VerifyPolicy(
         anchors=anchors,
         max_age=int(v.max_age),
@@ -165,17 +164,6 @@ def _sign_policy(config: Config) -> SignPolicy:
     )
 
 
-def _fetcher(config: Config) -> HttpCertificateFetcher:
-    v = config.verify
-    policy = FetchPolicy(
-        timeout=float(v.fetch_timeout),
-        allow_http=v.allow_http,
-        allow_networks=tuple(ip_network(n, strict=False) for n in v.allow_networks),
-        allow_hosts=v.allow_hosts,
-    )
-    return HttpCertificateFetcher(policy, ssl_context=ssl.create_default_context())
-
-
 @dataclass(eq=False)
 class Built:
     runtime: Runtime
@@ -196,7 +184,7 @@ def build_runtime(
     """Everything a configuration produces; raises ConfigError/KeyFileError on problems.
     ``own_cps``: how stird reaches its own listener (the in-process CPS)."""
     creds = signing_credentials(config, base_url, now)
-    fetcher = _fetcher(config)
+    fetcher = fetcher_for(config)
     cache = CertificateCache(fetcher, shared=store if config.store.redis else None)
     own = {c.x5u: Credential(c.chain, pinned=True) for c in creds}  # never fetched
     verifier = VerificationService(

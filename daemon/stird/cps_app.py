@@ -13,24 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import ip_network
 from pathlib import Path
 
 from aiohttp import web
-from cryptography import x509
 
 from stird.adapters import enckeys, keyfiles
-from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
 from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.cps_server import build_cps_app
 from stird.adapters.sdnotify import SystemdNotifier
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
+from stird.builders import fetcher_for, trust_anchors
 from stird.config import Config, ConfigError, load_config, parse_hostport
 from stird.core.oob import RecipientKey
 from stird.core.oobkeys import PublicationPolicy
@@ -61,23 +58,8 @@ def _dev_trust(
     _, public = ensure_dev_enc_key(state_dir)
     log.warning("DEVELOPMENT CPS: trusting the development credential and publishing the "
                 "development encryption key for every number")  # fmt: skip
-    policy = PublicationPolicy(anchors=_anchors(config), pins=tuple(pins[:1]))
+    policy = PublicationPolicy(anchors=trust_anchors(config), pins=tuple(pins[:1]))
     return policy, enckeys.load_recipient_keys(public)
-
-
-def _anchors(config: Config) -> tuple[x509.Certificate, ...]:
-    return tuple(c for path in config.verify.trust_anchors for c in keyfiles.load_certs(path))
-
-
-def _fetcher(config: Config) -> HttpCertificateFetcher:
-    v = config.verify
-    policy = FetchPolicy(
-        timeout=float(v.fetch_timeout),
-        allow_http=v.allow_http,
-        allow_networks=tuple(ip_network(n, strict=False) for n in v.allow_networks),
-        allow_hosts=v.allow_hosts,
-    )
-    return HttpCertificateFetcher(policy, ssl_context=ssl.create_default_context())
 
 
 @dataclass
@@ -107,10 +89,10 @@ def build_cps(config: Config, state_dir: Path, redis: str | None = None) -> CpsP
     if config.source is None:
         policy, wildcard = _dev_trust(config, state_dir)
     else:
-        policy, wildcard = PublicationPolicy(anchors=_anchors(config)), ()
+        policy, wildcard = PublicationPolicy(anchors=trust_anchors(config)), ()
         if not policy.anchors:
             log.warning("no [verify] trust_anchors: every key publication will be refused")
-    fetcher = _fetcher(config)
+    fetcher = fetcher_for(config)
     cache = CertificateCache(fetcher)
     directory = KeyDirectory(keys, policy, credentials=cache, dev_wildcard=wildcard)
     service = CpsService(store, CpsPolicy(), suites=directory.suites)
