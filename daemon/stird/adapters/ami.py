@@ -83,6 +83,20 @@ class AmiLoginError(Exception):
     pass
 
 
+#: Headers that route a frame. panoramisk turns a repeated header into a list (legitimate
+#: for e.g. ChanVariable); for these the first value counts (found by fuzzing: a list
+#: here raised TypeError out of data_received and dropped the connection).
+_ROUTING = ("Event", "Response", "ActionID")
+
+
+def _routing_scalars(message: Message) -> Message:
+    for name in _ROUTING:
+        value = message.get(name)
+        if isinstance(value, list):
+            message[name] = str(value[0]) if value else ""
+    return message
+
+
 class _Protocol(AMIProtocol):  # type: ignore[misc]
     closed: bool
     version: str | None
@@ -104,7 +118,7 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]
             del self._buffer[: end + 4]
             message = Message.from_line(frame.decode("utf-8", "replace"))
             if message is not None:
-                self.handle_message(message)
+                self.handle_message(_routing_scalars(message))
 
     def _banner(self) -> bool:
         end = self._buffer.find(b"\r\n")

@@ -91,10 +91,34 @@ def load_pem_chain(data: bytes) -> tuple[x509.Certificate, ...]:
         raise StirError(status, f"more than {MAX_CHAIN} certificates", check=check)
     try:
         if b"-----BEGIN" in data:
-            return tuple(x509.load_pem_x509_certificates(data))
-        return (x509.load_der_x509_certificate(data),)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+            chain = tuple(x509.load_pem_x509_certificates(data))
+        else:
+            chain = (x509.load_der_x509_certificate(data),)
+        for cert in chain:
+            _parse_lazy_fields(cert)
+    except _PARSE_ERRORS:
         raise StirError(status, "no usable certificate", check=check) from None
+    return chain
+
+
+#: What cryptography raises on malformed certificate content (found by fuzzing: it
+#: parses names and extensions lazily, so these surface on first access, not at load).
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+def _parse_lazy_fields(cert: x509.Certificate) -> None:
+    """Decode every field the checks will read, once, while errors can still be mapped."""
+    _ = (cert.version, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string())
+    _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
+    for extension in cert.extensions:
+        _ = extension.value
 
 
 def cert_to_pem(cert: x509.Certificate) -> bytes:
