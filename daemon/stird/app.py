@@ -34,6 +34,7 @@ from stird.core.passport import Ppt
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, VerifyPolicy
 from stird.cps_app import CpsParts
+from stird.dialog_app import build_dialogs
 from stird.oob_app import build_oob, mount_cps, own_url
 from stird.services.authentication import (
     AuthenticationService,
@@ -219,6 +220,8 @@ class Daemon:
         self.built = self._build(self.config)
         self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
         self.api = StirApi(self.built.runtime, self.metrics)
+        self.dialogs = build_dialogs(self.config.dialog, self.metrics)
+        self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
         app = build_app(self.api, max_body=server.max_body)
         self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir)
@@ -234,6 +237,7 @@ class Daemon:
             )
         self.asterisk = await start_asterisk(self.config, self.api, self.metrics)
         self.kamailio = self._kamailio()
+        self.dialogs.start(self.kamailio, self.asterisk.ami)  # ends dialogs through them
         self.agi_address = self.asterisk.agi_address
         self._announce()
 
@@ -287,6 +291,7 @@ class Daemon:
         else:
             old, self.built, self.config = self.built, built, config
             self.api.runtime = built.runtime
+            self.dialogs.reconfigure(config.dialog.policy, config.dialog.window)
             self._retired.append(old)
             asyncio.get_running_loop().call_later(30, self._retire, old)
             log.info("configuration reloaded")
@@ -301,6 +306,7 @@ class Daemon:
         self.notifier.stopping()
         if self._netstring is not None:
             await self._netstring.close()
+        await self.dialogs.close()
         await self.asterisk.close()
         if self.kamailio is not None:
             self._kamailio_watch.cancel()

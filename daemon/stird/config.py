@@ -130,6 +130,17 @@ class KamailioConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DialogConfig:
+    """[dialog]: the msec dialog policy (RFC 8862 §4.3–4.4): after the answer to an
+    msec-signed INVITE the callee must prove its keys with a signed backwards request
+    within ``window`` seconds; "mandatory" ends the dialog otherwise, "opportunistic"
+    only records it, "off" tracks nothing."""
+
+    policy: str = "off"
+    window: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class OobConfig:
     """[oob]: out-of-band PASSporTs through Call Placement Services (RFC 8816)."""
 
@@ -157,6 +168,7 @@ class Config:
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
     kamailio: KamailioConfig = field(default_factory=KamailioConfig)
     oob: OobConfig = field(default_factory=OobConfig)
+    dialog: DialogConfig = field(default_factory=DialogConfig)
     log_level: str = "info"
     source: Path | None = None  # the file it came from; None = embedded default
 
@@ -362,8 +374,20 @@ def _oob(table: Any, credentials: tuple[CredentialConfig, ...]) -> OobConfig:
     return oob
 
 
+_DIALOG: dict[str, Check] = {
+    "policy": _one_of("mandatory", "opportunistic", "off"), "window": _positive,
+}  # fmt: skip
+
+
+def _dialog(table: Any) -> DialogConfig:
+    dialog = DialogConfig(**_section(table, "[dialog]", _DIALOG))
+    if dialog.window > 300:
+        raise ConfigError("[dialog] window: at most 300 seconds")
+    return dialog
+
+
 _TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "kamailio", "oob",
-        "log_level"}  # fmt: skip
+        "dialog", "log_level"}  # fmt: skip
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -385,6 +409,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         asterisk=_asterisk(data.get("asterisk", {})),
         kamailio=_kamailio(data.get("kamailio", {})),
         oob=_oob(data.get("oob", {}), credentials),
+        dialog=_dialog(data.get("dialog", {})),
         log_level=level,
         source=source,
     )

@@ -144,3 +144,49 @@ async def test_answer_without_offer_and_repeated_answers_are_harmless() -> None:
     dp.answered("c1")  # a retransmitted 2xx does not push the deadline
     clock.now += 2.5
     assert await dp.tick() == 1
+
+
+async def test_invalid_proof_on_the_early_dialog_ends_it_at_the_answer() -> None:
+    """An early dialog cannot be ended with BYE (Kamailio: "terminating non-confirmed
+    dialogs not supported"): the decision stands and is carried out at the 2xx."""
+    dp, ender, clock, outcomes = make()
+    dp.offered("c1", H)
+    assert await dp.backwards("c1", valid=False) is Decision.END  # after PRACK, before 2xx
+    assert ender.ended == [] and outcomes == [Outcome.INVALID]
+    assert dp.phase("c1") is Phase.FAILED
+    clock.now += 30
+    assert await dp.tick() == 0 and ender.ended == []  # still not answered: nothing yet
+    dp.answered("c1")
+    await dp.tick()
+    assert ender.ended == [(H, 'STIR;cause=438;text="msec: invalid"')]
+    assert outcomes == [Outcome.INVALID] and len(dp) == 0  # recorded once
+
+
+async def test_early_failure_of_a_dialog_that_never_answers_is_forgotten() -> None:
+    dp, ender, _, _ = make()
+    dp.offered("c1", H)
+    await dp.backwards("c1", valid=False)
+    dp.ended("c1")  # the INVITE failed or was cancelled
+    dp.answered("c1")
+    await dp.tick()
+    assert ender.ended == [] and len(dp) == 0
+
+
+async def test_valid_proof_on_the_early_dialog_needs_nothing_at_the_answer() -> None:
+    dp, ender, clock, outcomes = make()
+    dp.offered("c1", H)
+    assert await dp.backwards("c1", valid=True) is Decision.CONTINUE
+    dp.answered("c1")
+    clock.now += 60
+    assert await dp.tick() == 0
+    assert ender.ended == [] and outcomes == [Outcome.CONFIRMED]
+
+
+async def test_opportunistic_early_failure_is_only_recorded() -> None:
+    dp, ender, clock, outcomes = make(MsecPolicy.OPPORTUNISTIC)
+    dp.offered("c1", H)
+    assert await dp.backwards("c1", valid=False) is Decision.CONTINUE
+    dp.answered("c1")
+    clock.now += 60
+    await dp.tick()
+    assert ender.ended == [] and outcomes == [Outcome.INVALID]

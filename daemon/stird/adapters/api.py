@@ -1,4 +1,4 @@
-"""The operations the PBX calls (sign, verify, status), independent of transport:
+"""The operations the PBX calls (sign, verify, dialog, status), independent of transport:
 HTTP (`/v1/...`), JSON-RPC over HTTP and over netstrings all land here."""
 
 from __future__ import annotations
@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stird.adapters.dialog_api import DialogApi, is_backwards
 from stird.adapters.jsonrpc import Method
 from stird.adapters.metrics import Metrics
 from stird.adapters.requests import budget, sign_input, sip_facts, wants_oob
@@ -64,9 +65,11 @@ class StirApi:
         self.runtime = runtime
         self.metrics = metrics
         self.health: dict[str, Any] = {}
+        self.dialogs = DialogApi()  # the msec dialog policy ([dialog]); off by default
 
     def methods(self) -> dict[str, Method]:
-        return {"stir.sign": self.sign, "stir.verify": self.verify, "stir.status": self.status}
+        return {"stir.sign": self.sign, "stir.verify": self.verify, "stir.status": self.status,
+                "stir.dialog": self.dialog}  # fmt: skip
 
     async def sign(self, params: Any) -> dict[str, Any]:
         started = time.perf_counter()
@@ -84,6 +87,9 @@ class StirApi:
             "passport": out.passport,
             "credential": out.credential,
         }
+        tracked = self.dialogs.signed(params, out)  # an msec dialog-forming request
+        if tracked is not None:
+            body["dialog"] = tracked
         if oob or _publishes_for(runtime.oob, request):
             body["oob"] = (await self._publish(runtime.oob, request, out)).to_json()
         ppts = ",".join(p.ppt or "base" for p in out.passports) or "none"
@@ -113,6 +119,9 @@ class StirApi:
     async def verify(self, params: Any) -> dict[str, Any]:
         started = time.perf_counter()
         facts = sip_facts(params)
+        backwards = is_backwards(params)  # the callee's in-dialog request (RFC 8862 §4.3)
+        if backwards:
+            facts = replace(facts, dialog_forming=False)
         runtime = self.runtime
         if runtime.oob is None:
             verdict = await runtime.verifier.verify(facts, deadline=budget(params))
@@ -123,11 +132,17 @@ class StirApi:
                 self.metrics.cps.labels("retrieve", check.retrieval.outcome.value).inc()
         body = verdict.to_json()
         body["pai"] = self._pai(facts.pai or facts.from_, verdict.verstat.value)
+        if backwards:
+            body["dialog"] = await self.dialogs.backwards(params, verdict)
         ppt = next((p.ppt or "base" for p in verdict.passports if p.supported), "none")
         self.metrics.observe(
             "verify", time.perf_counter() - started, verdict.verdict.value, verdict.code, ppt
         )
         return body
+
+    async def dialog(self, params: Any) -> dict[str, Any]:
+        """``stir.dialog``: answered / ended / refused events of msec dialogs."""
+        return await self.dialogs.event(params)
 
     def _pai(self, source: str | None, verstat: str) -> str | None:
         """The P-Asserted-Identity value with verstat, ready for the PBX to set."""

@@ -76,6 +76,7 @@ def build_app(api: StirApi, *, max_body: int = 256 * 1024) -> web.Application:
     app = web.Application(client_max_size=max_body)
     app.router.add_post("/v1/sign", _wrap(api.sign))
     app.router.add_post("/v1/verify", _wrap(api.verify))
+    app.router.add_post("/v1/dialog", _wrap(api.dialog))
     app.router.add_post("/jsonrpc", jsonrpc)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -50,6 +50,10 @@ class Metrics:
         self.upstream = Counter(
             "stird_store_errors", "Shared-store (Redis) failures", ["store"], registry=self.registry
         )
+        self.dialogs = Counter(
+            "stird_msec_dialogs", "msec dialog policy outcomes (RFC 8862 §4.4)",
+            ["outcome", "policy"], registry=self.registry,
+        )  # fmt: skip
 
     def watch_cache(self, stats: Callable[[], CacheStats | None]) -> None:
         self.registry.register(_CacheCollector(stats))

@@ -7,6 +7,11 @@ window after the answer is ended through the PBX (Kamailio `dlg.end_dlg`, Asteri
 `Hangup`); under the **opportunistic** policy the call goes on and the outcome is only
 recorded. A 428/436/437/438 answer to a signed mid-dialog request gets one retry (RFC
 8224 §6.1.1), then the policy. Memory is bounded; ended dialogs and their timers go away.
+
+A failure before the answer (an invalid backwards UPDATE on the early dialog, after PRACK)
+is acted on when the 2xx arrives: an early dialog cannot be ended with BYE (RFC 3261
+§15; Kamailio's `dlg.end_dlg` only logs "terminating non-confirmed dialogs not
+supported" and the call goes on).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class _Dialog:
     phase: Phase = Phase.OFFERED
     deadline: float | None = None
     retries: int = 0
+    pending: Outcome | None = None  # failed before the answer: end it at the 2xx
 
 
 class Decision(enum.StrEnum):
@@ -112,9 +118,14 @@ class DialogPolicy:
     def answered(self, call_id: str) -> None:
         """A 2xx arrived: start the window for the backwards signed request."""
         dialog = self._dialogs.get(call_id)
-        if dialog is None or dialog.phase is not Phase.OFFERED:
+        if dialog is None or dialog.deadline is not None:
             return
-        dialog.phase, dialog.deadline = Phase.ANSWERED, self._clock() + self.window
+        if dialog.pending is not None:  # failed on the early dialog: end it now
+            dialog.deadline = self._clock()
+        elif dialog.phase is Phase.OFFERED:
+            dialog.phase, dialog.deadline = Phase.ANSWERED, self._clock() + self.window
+        else:  # confirmed on the early dialog: nothing is due
+            return
         heapq.heappush(self._timers, (dialog.deadline, call_id))
 
     async def backwards(self, call_id: str, valid: bool) -> Decision:
@@ -151,6 +162,8 @@ class DialogPolicy:
             if dialog is not None and dialog.phase is Phase.ANSWERED:
                 await self._fail(dialog, Outcome.TIMED_OUT)
                 failed += 1
+            elif dialog is not None and dialog.pending is not None:
+                await self._end(dialog, dialog.pending)
         self._evict_old(now)
         return failed
 
@@ -162,10 +175,18 @@ class DialogPolicy:
             self._dialogs.popitem(last=False)
 
     async def _fail(self, dialog: _Dialog, outcome: Outcome) -> Decision:
+        answered = dialog.deadline is not None
         dialog.phase = Phase.FAILED
         self._record(dialog.call_id, outcome)
         if self.policy is MsecPolicy.OPPORTUNISTIC:
             return Decision.CONTINUE
+        if not answered:
+            dialog.pending = outcome  # ended when the 2xx arrives (see answered())
+            return Decision.END
+        await self._end(dialog, outcome)
+        return Decision.END
+
+    async def _end(self, dialog: _Dialog, outcome: Outcome) -> None:
         try:
             ended = await self._ender.end(dialog.handle, _reason(outcome))
         except Exception:  # the PBX link failed: logged, the call table stays bounded
@@ -174,7 +195,6 @@ class DialogPolicy:
         if not ended:
             log.warning("dialog %s: the PBX did not end it (%s)", dialog.call_id, outcome)
         self._dialogs.pop(dialog.call_id, None)
-        return Decision.END
 
     def _record(self, call_id: str, outcome: Outcome) -> None:
         log.info("msec dialog %s: %s (%s policy)", call_id, outcome.value, self.policy.value)

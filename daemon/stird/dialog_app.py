@@ -1,0 +1,89 @@
+"""Wiring for the msec dialog policy ([dialog] in stird.toml; RFC 8862 §4.3–4.4).
+
+``policy = "off"`` (the default) tracks nothing. Otherwise the daemon runs one
+:class:`DialogPolicy` whose timer task checks the windows, and ends dialogs through the
+PBX links that exist: Kamailio's jsonrpcs when ``[kamailio]`` names one, the Asterisk
+manager when ``[asterisk] ami_enabled``. Outcomes are counted in
+``stird_msec_dialogs_total{outcome,policy}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from stird.adapters.ami import AmiClient
+from stird.adapters.dialog_api import DialogApi
+from stird.adapters.dialog_enders import AsteriskEnder, DeferredEnder, KamailioEnder, RoutingEnder
+from stird.adapters.kamailio_rpc import KamailioRpc
+from stird.adapters.metrics import Metrics
+from stird.config import DialogConfig
+from stird.services.dialogs import DialogPolicy, MsecPolicy, Outcome
+
+log = logging.getLogger("stird")
+
+#: How long after the decision the PBX is told to end the dialog: the answer that
+#: caused it (438 to the backwards UPDATE) leaves first.
+END_DELAY = 0.2
+
+
+@dataclass
+class DialogParts:
+    api: DialogApi
+    ender: RoutingEnder = field(default_factory=RoutingEnder)
+    deferred: DeferredEnder | None = None
+    task: asyncio.Task[None] | None = None
+
+    def start(self, kamailio: KamailioRpc | None, ami: AmiClient | None) -> None:
+        """Attach the PBX links and start the timer task (policy on only)."""
+        self.ender.kamailio = KamailioEnder(kamailio) if kamailio is not None else None
+        self.ender.asterisk = AsteriskEnder(ami) if ami is not None else None
+        policy = self.api.policy
+        if policy is None:
+            return
+        if kamailio is None and ami is None and policy.policy is MsecPolicy.MANDATORY:
+            log.warning(
+                "[dialog] policy = mandatory, but no PBX link can end a dialog: configure "
+                "[kamailio] rpc_url/rpc_socket or [asterisk] ami_enabled"
+            )
+        self.task = asyncio.get_running_loop().create_task(policy.run(), name="stird-dialogs")
+        log.info("msec dialog policy %s, window %.1f s", policy.policy.value, policy.window)
+
+    def reconfigure(self, policy: str, window: float) -> None:
+        """SIGHUP: a new policy or window applies to dialogs from now on; switching the
+        policy on or off needs a restart."""
+        current = self.api.policy
+        if (current is None) != (policy == "off"):
+            log.warning("[dialog] policy: switching it on or off needs a restart")
+            return
+        if current is not None:
+            current.policy, current.window = MsecPolicy(policy), float(window)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+        if self.deferred is not None:
+            await self.deferred.close()
+
+
+def build_dialogs(dialog: DialogConfig, metrics: Metrics) -> DialogParts:
+    if dialog.policy == "off":
+        return DialogParts(DialogApi(None))
+    routing = RoutingEnder()
+    deferred = DeferredEnder(routing, delay=END_DELAY)
+
+    def count(call_id: str, outcome: Outcome, policy: MsecPolicy) -> None:
+        metrics.dialogs.labels(outcome.value, policy.value).inc()
+
+    policy = DialogPolicy(
+        deferred, policy=MsecPolicy(dialog.policy), window=float(dialog.window), on_outcome=count
+    )
+    return DialogParts(DialogApi(policy), routing, deferred)
+
+
+__all__ = ["DialogParts", "build_dialogs"]
