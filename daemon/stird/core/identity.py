@@ -45,6 +45,7 @@ _QUOTED = re.compile(r'"((?:[^"\\\r\n]|\\[^\r\n])*)"')
 # gen-value = token / host / quoted-string; host adds ":" "[" "]" for IPv6 references
 _GEN_VALUE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~:\[\]]+")
 _SWS = re.compile(r"[ \t]*(?:\r?\n[ \t]+)?[ \t]*")
+_SWS_START = frozenset(" \t\r\n")
 _PREFIX = re.compile(r"\s*(?:Identity|y)[ \t]*:", re.IGNORECASE)
 
 
@@ -92,7 +93,10 @@ class _Cursor:
         return found
 
     def skip_sws(self) -> None:
-        self.match(_SWS)
+        # _SWS only ever consumes text starting with one of these: skip the regex call
+        # in the common case of no whitespace (the result is the same).
+        if self.text[self.pos : self.pos + 1] in _SWS_START:
+            self.match(_SWS)
 
     def take(self, char: str) -> bool:
         self.skip_sws()

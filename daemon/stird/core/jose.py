@@ -6,16 +6,18 @@ RFC 8225 §6 (JWS compact serialisation), §9 (deterministic JSON), RFC 7518 §3
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
-from jwt.utils import der_to_raw_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 
 from stird.core.errors import Check, invalid_header
 
@@ -31,9 +33,14 @@ _B64U = re.compile(r"[A-Za-z0-9_-]*")
 ES256_SIGNATURE_LENGTH = 64
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def b64u_encode(data: bytes) -> str:
     """Base64url without padding (RFC 7515 §2)."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    encoded = binascii.b2a_base64(data, newline=False).translate(_URLSAFE)
+    return encoded.rstrip(b"=").decode("ascii")
 
 
 def b64u_decode(text: str, what: str) -> bytes:
@@ -41,17 +48,22 @@ def b64u_decode(text: str, what: str) -> bytes:
     if not _B64U.fullmatch(text) or len(text) % 4 == 1:
         raise invalid_header(f"{what} is not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        padded = text.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4)
+        return binascii.a2b_base64(padded)
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - guarded by the regex
         raise invalid_header(f"{what} is not base64url") from exc
+
+
+# One encoder for every call: json.dumps() with options builds a new JSONEncoder each time.
+_CANONICAL = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+)
 
 
 def canonical_json(obj: Any) -> bytes:
     """RFC 8225 §9: members sorted by code point at every level, arrays kept in order,
     no whitespace, UTF-8. Non-ASCII is emitted as UTF-8 (see DIGEST §1.5)."""
-    return json.dumps(
-        obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(obj).encode("utf-8")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -84,16 +96,23 @@ def _depth(text: str) -> int:
     return deepest
 
 
+# One decoder for every call: json.loads() with hooks builds a new JSONDecoder each time.
+_STRICT = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
     """Parse a JSON object: UTF-8, bounded depth, no duplicate members, no NaN."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise invalid_header(f"{what} is not UTF-8") from exc
-    if _depth(text) > MAX_JSON_DEPTH:
+    # Nesting needs an opening bracket per level: count them (C speed) before scanning.
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
         raise invalid_header(f"{what} nests deeper than {MAX_JSON_DEPTH}")
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # what json.loads() says before decoding
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _STRICT.decode(text)
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise invalid_header(f"{what} is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
@@ -101,7 +120,7 @@ def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
-_ES256 = ECAlgorithm(ECAlgorithm.SHA256)
+_VERIFYING = ec.ECDSA(hashes.SHA256())  # shared: the algorithm objects hold no state
 try:  # RFC 8225 §4.2: ES256 signers SHOULD use deterministic ECDSA (RFC 6979).
     _SIGNING: ec.ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
     ec.generate_private_key(ec.SECP256R1()).sign(b"probe", _SIGNING)
@@ -109,9 +128,15 @@ except Exception:  # pragma: no cover - OpenSSL < 3.2
     _SIGNING = ec.ECDSA(hashes.SHA256())
 
 
+def _octets(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> int:
+    return (key.curve.key_size + 7) // 8
+
+
 def es256_sign(key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> bytes:
     """ES256 over ``signing_input``; returns R||S (RFC 7518 §3.4)."""
-    return der_to_raw_signature(key.sign(signing_input, _SIGNING), key.curve)
+    r, s = decode_dss_signature(key.sign(signing_input, _SIGNING))
+    size = _octets(key)
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
 def es256_verify(key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes) -> None:
@@ -120,5 +145,12 @@ def es256_verify(key: ec.EllipticCurvePublicKey, signing_input: bytes, signature
         raise invalid_header(
             f"ES256 signature must be 64 octets, got {len(signature)}", Check.SIGNATURE
         )
-    if not _ES256.verify(signing_input, key, signature):
+    size = _octets(key)
+    if len(signature) != 2 * size:
         raise invalid_header("signature does not verify", Check.SIGNATURE)
+    r = int.from_bytes(signature[:size], "big")
+    s = int.from_bytes(signature[size:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), signing_input, _VERIFYING)
+    except InvalidSignature:
+        raise invalid_header("signature does not verify", Check.SIGNATURE) from None

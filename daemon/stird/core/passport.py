@@ -9,6 +9,7 @@ RFC 8225 §7) carry the same signature.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ _KNOWN_CLAIMS = frozenset({"orig", "dest", "iat", "mky", "attest", "origid", "di
 #: NumericDate as a JSON integer, or (on input only) a decimal string as in RFC 8225 §7.1.
 _IAT_STRING = re.compile(r"[0-9]{1,12}")
 _MAX_DEST = 16
+_ATTEST_LEVELS = frozenset(Attest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,9 @@ class Dest:
 
     @classmethod
     def of(cls, parties: tuple[PartyId, ...] | list[PartyId]) -> Dest:
+        if len(parties) == 1:  # the usual call: one callee, nothing to sort or merge
+            only = parties[0]
+            return cls((only.value,), ()) if only.kind is IdKind.TN else cls((), (only.value,))
         tns = sorted({p.value for p in parties if p.kind is IdKind.TN})
         uris = sorted({p.value for p in parties if p.kind is IdKind.URI})
         return cls(tuple(tns), tuple(uris))
@@ -108,9 +113,15 @@ class Claims:
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = dict(self.extra)
-        obj.update(orig=self.orig.claim(), dest=self.dest.to_json(), iat=self.iat)
-        optional = {"attest": self.attest, "origid": self.origid, "opt": self.opt}
-        obj.update({k: v for k, v in optional.items() if v is not None})
+        obj["orig"] = self.orig.claim()
+        obj["dest"] = self.dest.to_json()
+        obj["iat"] = self.iat
+        if self.attest is not None:
+            obj["attest"] = self.attest
+        if self.origid is not None:
+            obj["origid"] = self.origid
+        if self.opt is not None:
+            obj["opt"] = self.opt
         if self.mky is not None:
             obj["mky"] = mky_claim(self.mky)
         if self.div is not None:
@@ -148,17 +159,30 @@ class SignedPassport:
         jose.es256_verify(key, self.signing_input, self.signature)
 
 
-def signing_input(header: PassportHeader, claims: Claims) -> bytes:
-    """RFC 8225 §6: B64U(canonical header) "." B64U(canonical payload)."""
-    head = jose.b64u_encode(jose.canonical_json(header.to_json()))
+def _encode_header(header: PassportHeader) -> str:
+    return jose.b64u_encode(jose.canonical_json(header.to_json()))
+
+
+#: B64U(canonical header) of our own signing headers: a credential signs with a handful
+#: (x5u × ppt), so each is serialised once. Only :func:`sign` uses it: headers rebuilt
+#: from received signalling stay out of the cache.
+_own_header = functools.lru_cache(maxsize=64)(_encode_header)
+
+
+def _join(head: str, claims: Claims) -> bytes:
     body = jose.b64u_encode(jose.canonical_json(claims.to_json()))
     return f"{head}.{body}".encode("ascii")
+
+
+def signing_input(header: PassportHeader, claims: Claims) -> bytes:
+    """RFC 8225 §6: B64U(canonical header) "." B64U(canonical payload)."""
+    return _join(_encode_header(header), claims)
 
 
 def sign(header: PassportHeader, claims: Claims, key: ec.EllipticCurvePrivateKey) -> SignedPassport:
     """Sign a PASSporT with ES256 (RFC 8225 §6) after checking it is well formed."""
     check_for_signing(header, claims)
-    data = signing_input(header, claims)
+    data = _join(_own_header(header), claims)
     return SignedPassport(header, claims, data, jose.es256_sign(key, data))
 
 
@@ -168,7 +192,7 @@ def check_for_signing(header: PassportHeader, claims: Claims) -> None:
         raise bad_request(f"only ES256 is supported, not {header.alg!r}")
     if not claims.dest.tn and not claims.dest.uri:
         raise bad_request("dest needs at least one identity (RFC 8225 §5.2.1)")
-    if header.ppt == Ppt.SHAKEN and claims.attest not in set(Attest):
+    if header.ppt == Ppt.SHAKEN and claims.attest not in _ATTEST_LEVELS:
         raise bad_request("shaken needs attest A, B or C (RFC 8588 §4)")
     if header.ppt == Ppt.MSEC and not claims.mky:
         raise bad_request("msec needs an SDP with a=fingerprint lines (RFC 8862 §4)")

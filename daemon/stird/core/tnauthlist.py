@@ -6,6 +6,7 @@ ranges and single numbers, parsed from and encoded to DER with pyasn1.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -195,6 +196,7 @@ def _decode_entries(der: bytes) -> list[tuple[str, str, int]]:
         raise _malformed(f"undecodable TNAuthList ({type(exc).__name__})") from None
 
 
+@functools.lru_cache(maxsize=256)  # pure and hot: every sign/verify reads it (bench profile)
 def parse_tnauthlist(der: bytes) -> TNAuthList:
     """Decode and validate DER of an RFC 8226 §9 TNAuthorizationList (EXPLICIT tags)."""
     if len(der) > MAX_TNAUTHLIST_DER:
