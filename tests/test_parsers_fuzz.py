@@ -37,7 +37,7 @@ from stird.adapters.jsonrpc import Dispatcher
 from stird.adapters.netstring import FramingError, NetstringDecoder
 from stird.adapters.requests import FieldError, budget, sign_input, sip_facts, wants_oob
 from stird.core import certs, identity, passport, tn
-from stird.core.errors import StirError, bad_request
+from stird.core.errors import SipStatus, StirError, bad_request
 from stird.core.sdp import parse_sdp_keys
 from stird.core.sipdate import format_sip_date, parse_sip_date
 from stird.core.tnauthlist import TnRange
@@ -586,6 +586,38 @@ def test_fuzz_found_duplicate_extension() -> None:
     # refused there, so nothing downstream ever sees it.
     with pytest.raises(StirError):
         certs.load_pem_chain(_with_first_extension_twice(LEAF_DER))
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # namedCurve OID prime256v1 (1.2.840.10045.3.1.7) changed to an unknown curve:
+        # cryptography raises UnsupportedAlgorithm at cert.public_key()
+        (b"\x2a\x86\x48\xce\x3d\x03\x01\x07", b"\x2a\x86\x48\xce\x3d\x03\x01\x7f"),
+        # the EC point's 0x04 (uncompressed) prefix changed: ValueError at cert.public_key()
+        (b"\x03\x42\x00\x04", b"\x03\x42\x00\x07"),
+    ],
+    ids=["unknown-curve", "bad-point"],
+)
+def test_fuzz_found_key_publication_unusable_key(old: bytes, new: bytes) -> None:
+    # FOUND BY FUZZING: fuzz_oobkeys (header JSON mode, x5c with a mutated certificate):
+    # read_publication loaded x5c with plain load_der_x509_certificate and
+    # KeyPublication.publisher let cryptography's ValueError / UnsupportedAlgorithm escape
+    # publisher_id (oobkeys.py:64). Fixed: x5c goes through certs.load_pem_chain and
+    # publisher_id maps an unusable key to 400.
+    import base64
+
+    from stird.core import jose, oobkeys
+
+    der = base64.b64encode(_patched(LEAF_DER, old, new)).decode()
+    head = jose.b64u_encode(
+        json.dumps({"alg": "ES256", "typ": "stir-oob-keys", "x5c": [der]}).encode()
+    )
+    body = jose.b64u_encode(b'{"exp":2,"iat":1,"keys":[],"tns":["15551230001"]}')
+    with pytest.raises(StirError) as caught:
+        pub = oobkeys.read_publication(f"{head}.{body}.AAAA")
+        pub.publisher  # noqa: B018
+    assert caught.value.status is SipStatus.BAD_REQUEST
 
 
 CA_CN = CA.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value.encode()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -61,7 +62,13 @@ class KeyPublication:
 
 
 def publisher_id(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(
+    """SHA-256 (hex) of the certificate's SubjectPublicKeyInfo; 400 if the key is unusable
+    (found by fuzzing: cryptography decodes the key lazily and raises its own errors)."""
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise bad_request("publication certificate has an unusable public key") from None
+    spki = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).hexdigest()
@@ -126,8 +133,10 @@ def _x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
     for item in value:
         try:
             der = base64.b64decode(str(item), validate=True)
-            chain.append(x509.load_der_x509_certificate(der))
-        except (binascii.Error, ValueError, TypeError):
+            if der.startswith(b"-----BEGIN"):
+                raise ValueError("PEM in x5c")
+            chain.extend(certs.load_pem_chain(der))
+        except (binascii.Error, ValueError, StirError):
             raise bad_request("x5c holds a value that is not a base64 DER certificate") from None
     return tuple(chain)
 

@@ -1,0 +1,16 @@
+"""atheris harness: stird.core.certs.load_pem_chain and the chain checks after it (StirError).
+
+Run one:
+    .venv/bin/python fuzz/fuzz_certs.py -runs=100000 CORPUS_DIR fuzz/work/seeds/certs
+All of them, with counts: .venv/bin/python fuzz/run.py (see fuzz/README.md)
+"""
+
+import atheris
+
+with atheris.instrument_imports(include=["stird", "panoramisk", "pyasn1", "targets"]):
+    import targets
+
+    targets.preload()
+
+if __name__ == "__main__":
+    targets.main("certs")
