@@ -217,6 +217,9 @@ class Daemon:
         self.http_address: tuple[str, int] = http_sock.getsockname()[:2]
         self.base_url = _public_url(self.config, self.http_address)
         self.store = self._store()
+        if isinstance(self.store, FallbackStore):
+            fallback = self.store
+            self.metrics.watch_store(lambda: fallback.failures)
         self.built = self._build(self.config)
         self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
         self.api = StirApi(self.built.runtime, self.metrics)

@@ -44,7 +44,7 @@ def ensure_dev_enc_key(state_dir: Path) -> tuple[Path, Path]:
     """The embedded default's X25519 encryption key pair under ``state_dir/dev``."""
     folder = state_dir / DEV_NAME
     private, public = folder / enckeys.PRIVATE_NAME, folder / enckeys.PUBLIC_NAME
-    if not private.exists():
+    if not private.exists() or not public.exists():  # a half-written pair is redone
         enckeys.write_enc_keypair(folder, "x25519", force=True)
     return private, public
 

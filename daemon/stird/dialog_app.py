@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from stird.adapters.ami import AmiClient
@@ -81,7 +82,11 @@ def build_dialogs(dialog: DialogConfig, metrics: Metrics) -> DialogParts:
         metrics.dialogs.labels(outcome.value, policy.value).inc()
 
     policy = DialogPolicy(
-        deferred, policy=MsecPolicy(dialog.policy), window=float(dialog.window), on_outcome=count
+        deferred,
+        policy=MsecPolicy(dialog.policy),
+        window=float(dialog.window),
+        clock=time.monotonic,  # windows are durations: immune to wall-clock steps
+        on_outcome=count,
     )
     return DialogParts(DialogApi(policy), routing, deferred)
 

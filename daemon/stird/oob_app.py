@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Sequence
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -108,7 +109,8 @@ def build_oob(
     keys = _decryption_keys(config)
     retriever = OobRetriever(client, policy, keys)
     region = config.verify.default_region or None
-    return OobRuntime(OobPublisher(client, policy), OobVerification(retriever, region)), client
+    publisher = OobPublisher(client, policy, clock=time.monotonic)  # key-cache ages only
+    return OobRuntime(publisher, OobVerification(retriever, region)), client
 
 
 def mount_cps(app: web.Application, config: Config, state_dir: Path) -> CpsParts | None:

@@ -6,8 +6,10 @@ Private keys are written with mode 0600 and refused when group- or world-accessi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -74,16 +76,24 @@ def load_cert(path: Path) -> x509.Certificate:
 
 
 def _write(path: Path, data: bytes, mode: int, *, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    """Write a temporary file beside ``path``, then rename it into place: a full or
+    read-only disk leaves neither a truncated file nor a damaged old one behind."""
+    if not force and os.path.lexists(path):
+        raise KeyFileError(f"{path} exists (use --force to replace it)")
+    temp: str | None = None
     try:
-        fd = os.open(path, flags, mode)
-    except FileExistsError as exc:
-        raise KeyFileError(f"{path} exists (use --force to replace it)") from exc
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
     except OSError as exc:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from exc
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), mode)
-        handle.write(data)
 
 
 def write_public_file(path: Path, data: bytes) -> None:

@@ -30,6 +30,18 @@ class _CacheCollector(Collector):
         yield family
 
 
+class _FallbackCollector(Collector):
+    def __init__(self, fallbacks: Callable[[], int]) -> None:
+        self._fallbacks = fallbacks
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "stird_store_fallback",
+            "Times the shared store (Redis) failed and work went on in the local store",
+            value=float(self._fallbacks()),
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -57,6 +69,10 @@ class Metrics:
 
     def watch_cache(self, stats: Callable[[], CacheStats | None]) -> None:
         self.registry.register(_CacheCollector(stats))
+
+    def watch_store(self, fallbacks: Callable[[], int]) -> None:
+        """``stird_store_fallback_total`` from ``FallbackStore.failures``."""
+        self.registry.register(_FallbackCollector(fallbacks))
 
     def observe(self, kind: str, seconds: float, verdict: str, code: int | None, ppt: str) -> None:
         self.requests.labels(kind, verdict, str(code or ""), ppt).inc()

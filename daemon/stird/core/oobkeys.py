@@ -129,7 +129,7 @@ def _x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
         return ()
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_CHAIN:
         raise bad_request(f"x5c must list 1 to {MAX_CHAIN} certificates")
-    chain = []
+    chain: list[x509.Certificate] = []
     for item in value:
         try:
             der = base64.b64decode(str(item), validate=True)

@@ -49,6 +49,7 @@ class CachePolicy:
     stale_ttl: float = 300.0  # stale-while-revalidate window
     max_entries: int = 10_000
     shared_backoff: float = 5.0  # after a shared-store failure, leave it alone this long
+    clock_tolerance: float = 60.0  # an entry made further in the future: the clock went back
 
 
 @dataclass(slots=True)
@@ -69,6 +70,7 @@ class _Entry:
     fresh_until: float
     stale_until: float
     retry_at: float = 0.0  # after a failed refresh: no new attempt before this
+    made: float = 0.0  # when it was fetched (wall clock; 0: unknown)
 
 
 def _copy(error: StirError) -> StirError:
@@ -88,7 +90,8 @@ def _key(url: str) -> str:
 
 
 def _encode(url: str, entry: _Entry) -> bytes:
-    doc: dict[str, Any] = {"url": url, "fresh": entry.fresh_until, "stale": entry.stale_until}
+    doc: dict[str, Any] = {"url": url, "fresh": entry.fresh_until, "stale": entry.stale_until,
+                           "made": entry.made}  # fmt: skip
     if entry.credential is not None:
         doc["pem"] = b"".join(cert_to_pem(c) for c in entry.credential.chain).decode("ascii")
     elif entry.error is not None:
@@ -103,14 +106,15 @@ def _decode(url: str, data: bytes) -> _Entry:
     if doc["url"] != url:
         raise ValueError("shared entry for another URL")
     fresh, stale = float(doc["fresh"]), float(doc["stale"])
+    made = float(doc.get("made", 0.0))
     if "pem" in doc:
         chain = load_pem_chain(str(doc["pem"]).encode("ascii"))
         if not chain:
             raise ValueError("empty chain")
-        return _Entry(Credential(chain), None, fresh, stale)
+        return _Entry(Credential(chain), None, fresh, stale, made=made)
     err = doc["error"]
     error = StirError(SipStatus[err["status"]], str(err["detail"]), check=Check(err["check"]))
-    return _Entry(None, error, fresh, stale)
+    return _Entry(None, error, fresh, stale, made=made)
 
 
 class CertificateCache:
@@ -149,9 +153,9 @@ class CertificateCache:
         if pinned is not None:
             self.stats.hits += 1
             return pinned
-        entry = self._l1.get(url)
-        if entry is not None:
-            found = self._lookup(url, entry, self._clock())
+        entry, now = self._l1.get(url), self._clock()
+        if entry is not None and not self._from_future(entry, now):
+            found = self._lookup(url, entry, now)
             if found is not None:
                 return found
         self.stats.misses += 1
@@ -165,6 +169,11 @@ class CertificateCache:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._flights.clear()
+
+    def _from_future(self, entry: _Entry, now: float) -> bool:
+        """Made later than ``now``: the wall clock went back since. Its lifetimes would
+        stretch by the size of the jump (hours, years), so it counts as expired."""
+        return entry.made > now + self.policy.clock_tolerance
 
     def _lookup(self, url: str, entry: _Entry, now: float) -> Credential | None:
         """The answer L1 gives at ``now`` (raising for negative entries); None on a miss."""
@@ -201,8 +210,11 @@ class CertificateCache:
         fallback = self._l1.get(url)
         shared = await self._shared_get(url)
         now = self._clock()
-        if fallback is not None and (fallback.credential is None or now >= fallback.stale_until):
+        if fallback is not None and (fallback.credential is None or now >= fallback.stale_until
+                                     or self._from_future(fallback, now)):  # fmt: skip
             fallback = None
+        if shared is not None and self._from_future(shared, now):
+            shared = None
         if shared is not None and now < shared.fresh_until:
             if shared.credential is not None or fallback is None:
                 self.stats.shared_hits += 1
@@ -248,7 +260,7 @@ class CertificateCache:
         not_after = chain[0].not_valid_after_utc.timestamp()
         fresh = min(now + lifetime, not_after)
         stale = min(fresh + policy.stale_ttl, not_after)
-        return _Entry(Credential(chain, pinned=False), None, fresh, stale)
+        return _Entry(Credential(chain, pinned=False), None, fresh, stale, made=now)
 
     async def _failed(self, url: str, error: StirError, fallback: _Entry | None) -> _Entry:
         self.stats.fetch_errors += 1
@@ -256,7 +268,7 @@ class CertificateCache:
         if fallback is not None:
             return self._keep_stale(url, fallback, error, now + self.policy.negative_ttl)
         until = now + self.policy.negative_ttl
-        entry = _Entry(None, error, until, until)
+        entry = _Entry(None, error, until, until, made=now)
         self._remember(url, entry)
         await self._shared_put(url, entry)
         return entry
