@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,12 +57,15 @@ class KeyDirectory:
         *,
         credentials: CredentialProvider | None = None,
         clock: Clock = system_clock,
+        ages: Clock = time.monotonic,
         cache_ttl: float = 30.0,
         max_cached: int = 10_000,
         dev_wildcard: Sequence[RecipientKey] = (),
     ) -> None:
         self._store, self._policy, self._credentials = store, policy, credentials
-        self._clock, self._ttl, self._max = clock, cache_ttl, max_cached
+        # ``clock``: publication validity (wall time); ``ages``: the lookup cache's
+        # durations, immune to wall-clock steps
+        self._clock, self._ages, self._ttl, self._max = clock, ages, cache_ttl, max_cached
         self._cache: OrderedDict[str, tuple[float, DirectoryEntry]] = OrderedDict()
         self._wildcard = tuple(dev_wildcard)
         if self._wildcard:
@@ -132,13 +136,13 @@ class KeyDirectory:
         """Every key published for ``tn`` (cached ``cache_ttl`` seconds); may raise
         :class:`~stird.services.stores.StoreUnavailable`."""
         tn = check_tn(tn)
-        now = self._clock()
+        age = self._ages()
         cached = self._cache.get(tn)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > age:
             self._cache.move_to_end(tn)
             return cached[1]
-        entry = await self._load(tn, int(now))
-        self._cache[tn] = (now + self._ttl, entry)
+        entry = await self._load(tn, int(self._clock()))
+        self._cache[tn] = (age + self._ttl, entry)
         self._cache.move_to_end(tn)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
