@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stird import eventloop
 from stird.adapters import enckeys
 from stird.adapters import keyfiles as keys
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
@@ -241,7 +242,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from stird.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
 
     try:
-        asyncio.run(serve(config, lambda: _load(args)))
+        eventloop.run(serve(config, lambda: _load(args)))
     except OSError as exc:  # a listener's port is taken, the state dir is read-only...
         raise UsageError(str(exc)) from None
     return EXIT_OK

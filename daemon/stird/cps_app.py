@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from stird import eventloop
 from stird.adapters import enckeys, keyfiles
 from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
@@ -138,7 +139,7 @@ def cps_main(config_path: str | None, listen: str, state_dir: str, redis: str | 
         where = parse_hostport(listen)
         state = Path(state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        asyncio.run(_serve(config, state, redis, where.host, where.port))
+        eventloop.run(_serve(config, state, redis, where.host, where.port))
     except (ConfigError, keyfiles.KeyFileError, ValueError, OSError) as exc:
         print(f"stird cps: {exc}", file=sys.stderr)
         return 2

@@ -300,3 +300,55 @@ def test_decode_raises_only_the_error_family(text: str) -> None:
 def test_decode_of_arbitrary_parts_raises_only_the_error_family(head: bytes, body: bytes) -> None:
     with contextlib.suppress(StirError):
         decode(f"{jose.b64u_encode(head)}.{jose.b64u_encode(body)}.AAAA")
+
+
+# The fast paths of the signer (jose.canonical_json_plain through orjson, DER → R||S by
+# slicing) must agree byte for byte with the reference ones on everything they accept.
+PLAIN = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(PLAIN)
+def test_plain_canonical_json_is_the_reference_encoding(value: Any) -> None:
+    try:
+        expected = jose.canonical_json(value)
+    except UnicodeEncodeError:  # lone surrogates: neither encoder may produce bytes
+        with pytest.raises(UnicodeEncodeError):
+            jose.canonical_json_plain(value)
+        return
+    assert jose.canonical_json_plain(value) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ['\x00\x1f\x7f\u2028\u00e9"\\\n\t\r\b\f/', "\ud7ff\ue000\U0001f600", ""]
+)
+def test_plain_canonical_json_escapes_like_the_reference(text: str) -> None:
+    value = {"b": text, "a": [1, -(2**63), 2**63 - 1, 2**64, True, None], "\u00e9": {"z": 0}}
+    assert jose.canonical_json_plain(value) == jose.canonical_json(value)
+
+
+@given(st.integers(1, 2**256 - 1), st.integers(1, 2**256 - 1))
+def test_der_to_raw_matches_the_general_decoder(r: int, s: int) -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    assert jose._der_to_raw(encode_dss_signature(r, s), 32) == raw
+
+
+@pytest.mark.parametrize("ppt", [None, Ppt.SHAKEN])
+def test_an_independent_jws_library_verifies_our_passports(ppt: str | None) -> None:
+    # PyJWT (not used by stird itself) checks the signature and reads the claims back.
+    import jwt
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    orig, dest = PartyId(IdKind.TN, "12025550100"), Dest.of([PartyId(IdKind.TN, "12025550101")])
+    shaken = {"attest": "A", "origid": "123e4567-e89b-12d3-a456-426655440000"} if ppt else {}
+    claims = Claims(orig=orig, dest=dest, iat=1_700_000_000, **shaken)
+    signed = sign(PassportHeader(x5u="https://cert.example/c.pem", ppt=ppt), claims, key)
+    decoded = jwt.decode(signed.full, key.public_key(), algorithms=["ES256"],
+                         options={"verify_iat": False})  # fmt: skip
+    assert decoded == json.loads(jose.canonical_json(claims.to_json()))
+    assert jwt.get_unverified_header(signed.full)["x5u"] == "https://cert.example/c.pem"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from aiohttp import web
 
+from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
 from stird.adapters.jsonrpc import PARSE_ERROR, Dispatcher, error
 from stird.adapters.requests import FieldError
@@ -17,8 +17,12 @@ _HTTP_STATUS = {SipStatus.BAD_REQUEST: 400, SipStatus.FORBIDDEN: 403, SipStatus.
 _CERT_NAME = re.compile(r"[\w.-]{1,64}")
 
 
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=jsoncodec.dumps(body), status=status, content_type="application/json")
+
+
 def _json_error(status: int, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+    return _json({"error": message, **extra}, status=status)
 
 
 class TooLarge(Exception):
@@ -27,7 +31,7 @@ class TooLarge(Exception):
 
 async def _body(request: web.Request) -> Any:
     try:
-        return json.loads(await request.read())
+        return jsoncodec.loads(await request.read())
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge from None
     except (ValueError, UnicodeDecodeError):
@@ -37,7 +41,7 @@ async def _body(request: web.Request) -> Any:
 def _wrap(operation: Any) -> Any:
     async def handler(request: web.Request) -> web.Response:
         try:
-            return web.json_response(await operation(await _body(request)))
+            return _json(await operation(await _body(request)))
         except FieldError as exc:
             return _json_error(400, str(exc), field=exc.field)
         except TooLarge:
@@ -54,14 +58,14 @@ def build_app(api: StirApi, *, max_body: int = 256 * 1024) -> web.Application:
 
     async def jsonrpc(request: web.Request) -> web.Response:
         try:
-            message = json.loads(await request.read())
+            message = jsoncodec.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
-            return web.json_response(error(PARSE_ERROR, "parse error"))
+            return _json(error(PARSE_ERROR, "parse error"))
         answer = await dispatcher.handle(message)
-        return web.json_response(answer) if answer is not None else web.Response(status=204)
+        return _json(answer) if answer is not None else web.Response(status=204)
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(await api.status())
+        return _json(await api.status())
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=api.metrics.render(), content_type="text/plain", charset="utf-8")

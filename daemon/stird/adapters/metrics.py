@@ -42,8 +42,12 @@ class _FallbackCollector(Collector):
         )
 
 
+_MAX_CHILDREN = 1024
+
+
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[str, str, int | None, str], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "stird_requests",
@@ -75,8 +79,17 @@ class Metrics:
         self.registry.register(_FallbackCollector(fallbacks))
 
     def observe(self, kind: str, seconds: float, verdict: str, code: int | None, ppt: str) -> None:
-        self.requests.labels(kind, verdict, str(code or ""), ppt).inc()
-        self.latency.labels(kind).observe(seconds)
+        key = (kind, verdict, code, ppt)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds the label tuple: once per key
+            children = (
+                self.requests.labels(kind, verdict, str(code or ""), ppt),
+                self.latency.labels(kind),
+            )
+            if len(self._children) < _MAX_CHILDREN:  # label values are our own: few
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

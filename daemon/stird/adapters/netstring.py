@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from stird.adapters import jsoncodec
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class _Connection:
     async def _answer(self, payload: bytes) -> None:
         try:
             try:
-                message = json.loads(payload)
+                message = jsoncodec.loads(payload)
             except (ValueError, UnicodeDecodeError):
                 answer: Any = {
                     "jsonrpc": "2.0",
@@ -147,7 +148,7 @@ class _Connection:
             else:
                 answer = await self._handler(message)
             if answer is not None:
-                data = encode(json.dumps(answer, separators=(",", ":")).encode())
+                data = encode(jsoncodec.dumps(answer))
                 async with self._lock:
                     self._writer.write(data)
                     await self._writer.drain()

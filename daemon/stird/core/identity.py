@@ -65,13 +65,14 @@ class IdentityHeader:
 
     def format(self) -> str:
         """Header value in the shape peers emit: ``digest;info=<uri>;alg=ES256;ppt=msec``."""
-        out = [self.digest, f"info=<{self.info}>"]
+        text = f"{self.digest};info=<{self.info}>"
         if self.alg is not None:
-            out.append(f"alg={self.alg}")
+            text += f";alg={self.alg}"
         if self.ppt is not None:
-            out.append(f"ppt={self.ppt}")
-        out.extend(name if value is None else f"{name}={value}" for name, value in self.params)
-        return ";".join(out)
+            text += f";ppt={self.ppt}"
+        for name, value in self.params:
+            text += f";{name}" if value is None else f";{name}={value}"
+        return text
 
     def passport_header(self) -> PassportHeader:
         """The JOSE header a compact form stands for (RFC 8224 §4.1: alg defaults to

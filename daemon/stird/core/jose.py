@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,6 +65,22 @@ def canonical_json(obj: Any) -> bytes:
     """RFC 8225 §9: members sorted by code point at every level, arrays kept in order,
     no whitespace, UTF-8. Non-ASCII is emitted as UTF-8 (see DIGEST §1.5)."""
     return _CANONICAL.encode(obj).encode("utf-8")
+
+
+def canonical_json_plain(obj: Any) -> bytes:
+    """:func:`canonical_json` of a value built only of str, int, bool, None, lists and
+    str-keyed objects — every PASSporT stird builds itself — through orjson (~8× faster).
+
+    For such values orjson's output is byte-identical: keys sorted by code point (UTF-8
+    byte order is code point order), no whitespace, UTF-8, the same escapes (``\\"``,
+    ``\\\\``, ``\\n``-style and ``\\u00XX`` for other controls; tested). Floats are
+    the exception (orjson writes ``1e16`` and NaN as ``null``), so callers must not pass
+    them; what orjson refuses (ints beyond 64 bits, non-str keys, lone surrogates) goes
+    to the reference encoder, which decides as before."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return canonical_json(obj)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -132,11 +149,29 @@ def _octets(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> int:
     return (key.curve.key_size + 7) // 8
 
 
+def _der_to_raw(der: bytes, size: int) -> bytes:
+    """OpenSSL's ECDSA-Sig-Value to R||S (RFC 7518 §3.4) by slicing.
+
+    ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }   ; RFC 3279 §2.2.3
+    For P-256 every length fits DER's short form (SEQUENCE ≤ 70 octets), so the layout is
+    30 L 02 Lr r 02 Ls s; r and s are unsigned, so a leading 00 is dropped and a short
+    one left-padded. Anything else (never seen from OpenSSL) takes the general decoder."""
+    r_len = der[3]
+    s_at = 4 + r_len
+    if der[0] != 0x30 or der[2] != 0x02 or der[s_at] != 0x02 or der[1] >= 0x80:
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    r_octets = der[4:s_at].lstrip(b"\0")
+    s_octets = der[s_at + 2 : s_at + 2 + der[s_at + 1]].lstrip(b"\0")
+    return r_octets.rjust(size, b"\0") + s_octets.rjust(size, b"\0")
+
+
 def es256_sign(key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> bytes:
     """ES256 over ``signing_input``; returns R||S (RFC 7518 §3.4)."""
-    r, s = decode_dss_signature(key.sign(signing_input, _SIGNING))
-    size = _octets(key)
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    raw = _der_to_raw(key.sign(signing_input, _SIGNING), ES256_SIGNATURE_LENGTH // 2)
+    if len(raw) != ES256_SIGNATURE_LENGTH:  # not a P-256 key: credentials are checked at load
+        raise ValueError("ES256 needs an EC P-256 key (RFC 7518 §3.4)")
+    return raw
 
 
 def es256_verify(key: ec.EllipticCurvePublicKey, signing_input: bytes, signature: bytes) -> None:

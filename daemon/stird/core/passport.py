@@ -97,6 +97,9 @@ class Dest:
         return obj
 
 
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})  # read-only: one shared empty mapping
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     """PASSporT payload. Field names are the claim names."""
@@ -109,10 +112,10 @@ class Claims:
     origid: str | None = None
     div: PartyId | None = None
     opt: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA)
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = dict(self.extra)
+        obj: dict[str, Any] = dict(self.extra) if self.extra else {}
         obj["orig"] = self.orig.claim()
         obj["dest"] = self.dest.to_json()
         obj["iat"] = self.iat
@@ -170,7 +173,10 @@ _own_header = functools.lru_cache(maxsize=64)(_encode_header)
 
 
 def _join(head: str, claims: Claims) -> bytes:
-    body = jose.b64u_encode(jose.canonical_json(claims.to_json()))
+    # no float can be among the claims stird types itself; received extras go the
+    # reference way
+    encode = jose.canonical_json if claims.extra else jose.canonical_json_plain
+    body = jose.b64u_encode(encode(claims.to_json()))
     return f"{head}.{body}".encode("ascii")
 
 

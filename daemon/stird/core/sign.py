@@ -7,6 +7,7 @@ of §6.1 steps 1–3 are the caller's business (services layer); this is the pur
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -45,13 +46,18 @@ def build(request: SignRequest, x5u: str) -> tuple[PassportHeader, Claims]:
         raise bad_request("attest and origid belong to shaken PASSporTs (RFC 8588)")
     claims = Claims(
         orig=request.orig,
-        dest=Dest.of(list(request.dest)),
+        dest=Dest.of(request.dest),
         iat=request.iat,
         mky=fingerprints or None,
         attest=request.attest if shaken else None,
         origid=request.origid if shaken else None,
     )
-    return PassportHeader(x5u=x5u, ppt=request.ppt), claims
+    return _header(x5u, request.ppt), claims
+
+
+@functools.lru_cache(maxsize=64)  # one per credential and ppt: built once, not per call
+def _header(x5u: str, ppt: str | None) -> PassportHeader:
+    return PassportHeader(x5u=x5u, ppt=ppt)
 
 
 def sign_request(
