@@ -824,9 +824,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts (< 2 minutes)")
     parser.add_argument(
-        "--uvloop",
+        "--asyncio-loop",
         action="store_true",
-        help="run stird and the floor app on uvloop (must be importable)",
+        help="run stird and the floor app on asyncio's own loop (default: uvloop, as stird does)",
     )
     parser.add_argument("--out", metavar="FILE", help="also write the JSON document here")
     parser.add_argument(
@@ -840,20 +840,22 @@ def main() -> int:
     if (os.cpu_count() or 1) < 2:
         print("bench: needs 2 cores (server core 0, load core 1)", file=sys.stderr)
         return 2
-    if args.uvloop and _version("uvloop") is None:
-        print("bench: --uvloop but uvloop is not importable", file=sys.stderr)
+    if args.asyncio_loop:
+        os.environ["STIRD_EVENT_LOOP"] = "asyncio"  # read by stird.eventloop
+    elif _version("uvloop") is None:
+        print("bench: uvloop is not importable (a stird dependency)", file=sys.stderr)
         return 2
     os.sched_setaffinity(0, {LOAD_CORE})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="stird-bench-") as tmp:
         bench = Bench(
-            QUICK if args.quick else FULL, Path(tmp), uvloop=args.uvloop, quick=args.quick
+            QUICK if args.quick else FULL, Path(tmp), uvloop=not args.asyncio_loop, quick=args.quick
         )
         try:
             out = bench.run()
         finally:
             bench.procs.stop_all()
-    out["loop"] = "uvloop" if args.uvloop else "asyncio"
+    out["loop"] = "asyncio" if args.asyncio_loop else "uvloop"
     out["daemon"] = os.environ.get("STIRD_BENCH_DAEMON") or "daemon/"
     print(table(out))
     line = json.dumps(out, separators=(",", ":"))

@@ -454,6 +454,7 @@ def ami(data: bytes) -> None:
         if transport.aborted:
             break
         protocol.data_received(data[start : start + size])
+    run(asyncio.sleep(0))  # run what the frames scheduled (panoramisk dispatches via call_soon)
     client = _AMI["client"]
     if len(client.calls) > 2 * 4096:
         raise ContractError("call table grew past its bound")

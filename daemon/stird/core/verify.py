@@ -7,9 +7,12 @@ steps on every Identity header and combines them per §6.2.1 and RFC 8862 §4.4.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+from cryptography import x509
 
 from stird.core import certs
 from stird.core.errors import Check, SipStatus, StirError, invalid_header, invalid_passport
@@ -211,6 +214,11 @@ def _check_one(header: IdentityHeader, sp: SignedPassport, ctx: _Context) -> Cre
     return cred
 
 
+@functools.lru_cache(maxsize=256)  # one per signing certificate seen: a pure function
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()
+
+
 def _result(
     index: int,
     header: IdentityHeader,
@@ -225,7 +233,7 @@ def _result(
         details = {"orig": c.orig, "dest": c.dest.parties(), "iat": c.iat, "attest": c.attest}
         details.update(origid=c.origid, compact=sp.compact, div=c.div)
     if cred is not None:
-        details["signer"] = cred.chain[0].subject.rfc4514_string()
+        details["signer"] = _subject(cred.chain[0])
     return PassportCheck(
         index=index,
         supported=ppt in SUPPORTED_PPT,
