@@ -35,6 +35,7 @@ from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, VerifyPolicy
 from stird.cps_app import CpsParts
 from stird.dialog_app import build_dialogs
+from stird.exposure import load_token, warn_if_insecure
 from stird.oob_app import build_oob, mount_cps, own_url
 from stird.services.authentication import (
     AuthenticationService,
@@ -226,7 +227,9 @@ class Daemon:
         self.dialogs = build_dialogs(self.config.dialog, self.metrics)
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
-        app = build_app(self.api, max_body=server.max_body)
+        token = load_token(server.token_file) if server.token_file is not None else None
+        warn_if_insecure(server)
+        app = build_app(self.api, max_body=server.max_body, token=token)
         self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -46,6 +46,7 @@ from stird.core.sign import SignRequest, sign_request
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, SipFacts, VerifyPolicy
 from stird.core.verify import credential_uris
+from stird.exposure import check_exposure, load_token
 from stird.services.certcache import CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import CredentialProvider
@@ -224,10 +225,15 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    return with_overrides(
-        config, http=args.http, jsonrpc=args.jsonrpc, agi=args.agi, state_dir=args.state_dir
+    config = with_overrides(
+        load_config(args.config),
+        http=args.http,
+        jsonrpc=args.jsonrpc,
+        agi=args.agi,
+        state_dir=args.state_dir,
     )
+    check_exposure(config.server)
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -243,7 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         eventloop.run(serve(config, lambda: _load(args)))
-    except OSError as exc:  # a listener's port is taken, the state dir is read-only...
+    except (OSError, ConfigError) as exc:  # a port is taken, the state dir read-only...
         raise UsageError(str(exc)) from None
     return EXIT_OK
 
@@ -252,6 +258,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     try:
         config = load_config(args.config)
+        check_exposure(config.server)
+        if config.server.token_file is not None:
+            load_token(config.server.token_file)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     for cred in config.credentials:

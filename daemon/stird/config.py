@@ -53,6 +53,8 @@ class ServerConfig:
     state_dir: Path = DEFAULT_STATE_DIR
     public_url: str | None = None  # how others reach GET /certs/ (default: the HTTP listener)
     max_body: int = 256 * 1024
+    token_file: Path | None = None  # bearer token for the HTTP API (stird.exposure)
+    insecure_expose: bool = False  # allow unprotected listeners off loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +233,8 @@ _SERVER: dict[str, Check] = {
     "state_dir": lambda v: Path(_typed(str)(v)),
     "public_url": _typed(str),
     "max_body": _positive,
+    "token_file": lambda v: Path(_typed(str)(v)),
+    "insecure_expose": _typed(bool),
 }
 _VERIFY: dict[str, Check] = {
     "require_identity": _typed(bool), "max_age": _positive, "max_skew": _typed(int),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 
@@ -53,7 +54,34 @@ def _wrap(operation: Any) -> Any:
     return handler
 
 
-def build_app(api: StirApi, *, max_body: int = 256 * 1024) -> web.Application:
+#: What a bearer token guards: the operations and what they reveal. Certificates
+#: (``/certs/``: verifiers fetch them through ``x5u``), the CPS (RFC 8816: public by
+#: design, flood-capped) and ``/healthz`` stay open.
+_GUARDED = ("/v1/", "/jsonrpc", "/metrics")
+
+
+def bearer_guard(token: str) -> Any:
+    """RFC 6750 §2.1 ``Authorization: Bearer <token>`` on the guarded paths; 401 with
+    ``WWW-Authenticate`` (RFC 6750 §3) otherwise. Compared in constant time."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(_GUARDED):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                refused = _json_error(401, "missing or wrong bearer token")
+                refused.headers["WWW-Authenticate"] = 'Bearer realm="stird"'
+                return refused
+        answer: web.StreamResponse = await handler(request)
+        return answer
+
+    return guard
+
+
+def build_app(
+    api: StirApi, *, max_body: int = 256 * 1024, token: str | None = None
+) -> web.Application:
     dispatcher = Dispatcher(api.methods())
 
     async def jsonrpc(request: web.Request) -> web.Response:
@@ -77,7 +105,8 @@ def build_app(api: StirApi, *, max_body: int = 256 * 1024) -> web.Application:
             return _json_error(404, "no such certificate")
         return web.Response(body=pem, content_type="application/pem-certificate-chain")
 
-    app = web.Application(client_max_size=max_body)
+    middlewares = [bearer_guard(token)] if token is not None else []
+    app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app.router.add_post("/v1/sign", _wrap(api.sign))
     app.router.add_post("/v1/verify", _wrap(api.verify))
     app.router.add_post("/v1/dialog", _wrap(api.dialog))
