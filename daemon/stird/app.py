@@ -233,7 +233,6 @@ class Daemon:
         self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.SockSite(self._runner, http_sock).start()
         self.jsonrpc_address: tuple[str, int] | None = None
         self._netstring: NetstringServer | None = None
         if server.jsonrpc is not None:
@@ -245,6 +244,8 @@ class Daemon:
         self.kamailio = self._kamailio()
         self.dialogs.start(self.kamailio, self.asterisk.ami)  # ends dialogs through them
         self.agi_address = self.asterisk.agi_address
+        # HTTP (and /healthz) answers last: once it does, every listener is up
+        await web.SockSite(self._runner, http_sock).start()
         self._announce()
 
     def _build(self, config: Config) -> Built:
