@@ -82,10 +82,11 @@ def paired(
 
 def replay_cache_bytes(entries: int = 100_000) -> int:
     """Python heap held by the in-memory replay cache at its default cap (MemoryStore,
-    one ``replay:<sha256>`` key per verified PASSporT with a Call-ID)."""
+    one ``replay_key`` → ``replay_value`` entry per verified PASSporT with a Call-ID)."""
     import asyncio  # noqa: PLC0415
 
     from stird.adapters.store_memory import MemoryStore  # noqa: PLC0415
+    from stird.services.verification import replay_key, replay_value  # noqa: PLC0415
 
     tracemalloc.start()
     store = MemoryStore(max_entries=entries)
@@ -93,7 +94,8 @@ def replay_cache_bytes(entries: int = 100_000) -> int:
 
     async def fill() -> None:
         for i in range(entries):
-            await store.add(f"replay:{i:064x}", f"{i:016x}-call@pbx.example.com".encode(), 70.0)
+            key, value = replay_key(f"passport-{i}"), replay_value(f"{i:016x}-call@pbx.example.com")
+            await store.add(key, value, 70.0)
 
     asyncio.run(fill())
     used = tracemalloc.get_traced_memory()[0] - before

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
@@ -158,6 +160,65 @@ async def test_memory_stays_bounded_under_churn() -> None:
         clock.now += 0.001
     assert len(store) <= 100
     assert len(store._heap) <= 2 * 100 + 64 + 1  # stale heap items are compacted away
+
+
+async def test_memory_rewrite_with_the_same_expiry_leaves_one_live_entry() -> None:
+    """A stale heap item equal in (expiry, key) to the live one is skipped, not evicted."""
+    store = MemoryStore(max_entries=2, clock=FakeClock())
+    await store.set("k", b"1", 10)
+    await store.set("k", b"2", 10)  # same expiry: the heap now holds a stale twin
+    await store.set("j", b"j", 20)
+    assert (await store.get("k"), len(store)) == (b"2", 2)
+    await store.set("m", b"m", 30)  # full: the soonest-expiring live entry goes
+    assert (await store.get("k"), await store.get("j"), await store.get("m")) == (
+        None,
+        b"j",
+        b"m",
+    )
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "add", "get", "delete", "tick"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.integers(0, 5),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_OPS)
+def test_memory_matches_a_dict_model(ops: list[tuple[str, str, int]]) -> None:
+    """Unbounded, the store behaves as a dict of (value, expiry) read on the same clock."""
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    model: dict[str, tuple[bytes, float]] = {}
+
+    def alive(key: str) -> bytes | None:
+        item = model.get(key)
+        return item[0] if item is not None and item[1] > clock.now else None
+
+    async def run() -> None:
+        for op, key, n in ops:
+            value = f"{key}{n}".encode()
+            if op == "tick":
+                clock.now += n
+            elif op == "set":
+                await store.set(key, value, n)
+                model[key] = (value, clock.now + max(n, 0.001))
+            elif op == "add":
+                fresh = alive(key) is None
+                assert await store.add(key, value, n) is fresh
+                if fresh:
+                    model[key] = (value, clock.now + max(n, 0.001))
+            elif op == "delete":
+                await store.delete(key)
+                model.pop(key, None)
+            assert await store.get(key) == alive(key)
+        assert len(store) == sum(alive(k) is not None for k in model)
+
+    asyncio.run(run())
 
 
 async def test_memory_rejects_zero_capacity() -> None:

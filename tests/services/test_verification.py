@@ -18,7 +18,12 @@ from stird.core.sipdate import format_sip_date
 from stird.core.tn import IdKind, PartyId
 from stird.core.verdict import Credential, SipFacts, VerifyPolicy
 from stird.services.verdicts import Action, OnFailure, Role, ServicePolicy, Verstat
-from stird.services.verification import VerificationService, fingerprint
+from stird.services.verification import (
+    VerificationService,
+    fingerprint,
+    replay_key,
+    replay_value,
+)
 
 NOW = 1_790_000_000
 X5U = "https://cert.example.org/alice.pem"
@@ -212,6 +217,25 @@ async def test_replay_for_another_call_is_refused(keys: Keys) -> None:
     no_replay = service(pinned(keys), replay=False)
     await no_replay.verify(facts(value))
     assert (await no_replay.verify(facts(value, call_id="call-2@pbx"))).verdict == "valid"
+
+
+async def test_replay_entries_are_compact(keys: Keys) -> None:
+    """One short key and a fixed 16-byte value per PASSporT, however long the Call-ID."""
+    store = DictStore()
+    svc = service(pinned(keys), store)
+    value, long_call_id = identity(keys.key), "c" * 4000 + "@pbx"
+    assert (await svc.verify(facts(value, call_id=long_call_id))).verdict == "valid"
+    [(key, remembered)] = [(k, v) for k, v in store.data.items() if k.startswith("replay:")]
+    assert len(key) == 29 and key.startswith("replay:")
+    assert remembered == replay_value(long_call_id) and len(remembered) == 16
+    assert (await svc.verify(facts(value, call_id=long_call_id))).verdict == "valid"
+    assert (await svc.verify(facts(value, call_id=long_call_id + "x"))).code == 438
+
+
+def test_replay_key_and_value_separate_inputs() -> None:
+    keys = {replay_key(f"a.b.{i}") for i in range(1000)}
+    assert len(keys) == 1000 and all(k.isascii() and len(k) == 29 for k in keys)
+    assert replay_value("a@x") != replay_value("b@x")
 
 
 async def test_tofu_pins_the_first_self_signed_credential(keys: Keys) -> None:

@@ -9,6 +9,7 @@ replayed PASSporTs (RFC 8224 §12.1), and turns the outcome into a :class:`CallV
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 from dataclasses import replace
 
@@ -45,6 +46,24 @@ def _self_signed(cert: x509.Certificate) -> bool:
 
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _digest16(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()[:16]
+
+
+def replay_key(compact: str) -> str:
+    """The replay-cache key of a PASSporT: 128 bits of its SHA-256, base64url (29 chars).
+
+    Short because the in-memory cache holds up to 100,000 of them; its entries live only
+    for the freshness window, so the format can change between releases."""
+    return "replay:" + base64.urlsafe_b64encode(_digest16(compact.encode())).decode()[:22]
+
+
+def replay_value(call_id: str) -> bytes:
+    """What the replay cache remembers of a Call-ID: 128 bits of its SHA-256 (a fixed
+    16 bytes per entry, however long the peer's Call-ID)."""
+    return _digest16(call_id.encode())
 
 
 class VerificationService:
@@ -146,13 +165,13 @@ class VerificationService:
         """RFC 8224 §12.1: a PASSporT seen for another Call-ID inside the window."""
         if not self.policy.replay or not facts.call_id:
             return list(checks)
-        return [await self._replay_check(check, facts.call_id.encode()) for check in checks]
+        return [await self._replay_check(check, replay_value(facts.call_id)) for check in checks]
 
     async def _replay_check(self, check: PassportCheck, call_id: bytes) -> PassportCheck:
         if not check.valid or check.compact is None:
             return check
         window = float(self.policy.verify.max_age + self.policy.verify.max_skew)
-        key = "replay:" + _key(check.compact)
+        key = replay_key(check.compact)
         if await self._add(key, call_id, window) or (await self._get(key)) in (None, call_id):
             return check
         error = StirError(
