@@ -30,7 +30,9 @@ reported but not judged. Pass (exit status 0) only if all hold:
 4. RSS flat: ≤ ``--rss-growth`` MB (10) from the first measured window to the last,
    ≤ half that over the second half of the measured windows, and (with ≥ 3 windows in that
    half) a least-squares RSS slope over it ≤ ``--rss-slope`` MB/min (0.5);
-5. open fds grow by ≤ 16.
+5. open fds grow by ≤ 16;
+6. with ``--redis``: stird never fell back to its local store (``stird_store_fallback_total``
+   is 0 at the end), so every replay check really was shared.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -427,7 +430,9 @@ class Criteria:
     fd_growth: int = 16
 
 
-def judge(windows: list[dict[str, Any]], c: Criteria, alive: bool) -> dict[str, Any]:
+def judge(
+    windows: list[dict[str, Any]], c: Criteria, alive: bool, fallbacks: int | None = 0
+) -> dict[str, Any]:
     measured = [w for w in windows if not w["warmup"]] or windows[-1:]
     first, last = measured[0], measured[-1]
     second_half = measured[len(measured) // 2 :]
@@ -444,6 +449,7 @@ def judge(windows: list[dict[str, Any]], c: Criteria, alive: bool) -> dict[str, 
         "rss_second_half": last["rss_mb"] - second_half[0]["rss_mb"] <= c.rss_growth_mb / 2,
         "rss_slope": slope is None or slope <= c.rss_slope_mb_per_min,
         "fds_flat": last["fds"] - first["fds"] <= c.fd_growth,
+        "no_store_fallback": fallbacks == 0,
     }
     return {
         "checks": checks,
@@ -451,6 +457,7 @@ def judge(windows: list[dict[str, Any]], c: Criteria, alive: bool) -> dict[str, 
         "worst_p99_ms": worst,
         "rss_growth_mb": round(last["rss_mb"] - first["rss_mb"], 1),
         "rss_slope_second_half_mb_per_min": slope,
+        "store_fallbacks": fallbacks,
         "passed": all(checks.values()),
     }
 
@@ -512,7 +519,22 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def soak(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], bool]:
+def store_fallbacks(http_port: int) -> int | None:
+    """``stird_store_fallback_total`` from /metrics: times Redis failed and stird went on
+    with its local store (0 without Redis; None if /metrics could not be read)."""
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("stird_store_fallback_total "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def soak(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], bool, int | None]:
     procs = Processes(workdir)
     try:
         proc, ports = start_stird(procs, workdir, start_redis(procs) if args.redis else None)
@@ -527,13 +549,16 @@ def soak(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]],
 
         run_loop(go())
         alive = proc.poll() is None
+        fallbacks = store_fallbacks(ports["http"]) if alive else None
         if not alive:
             print(procs.log_tail("stird"), file=sys.stderr)
     finally:
         procs.stop_all()
-    return [
-        report_window(i, w, soak.started, args.warmup) for i, w in enumerate(soak.closed)
-    ], alive
+    return (
+        [report_window(i, w, soak.started, args.warmup) for i, w in enumerate(soak.closed)],
+        alive,
+        fallbacks,
+    )
 
 
 def main() -> int:
@@ -541,9 +566,9 @@ def main() -> int:
     os.sched_setaffinity(0, {LOAD_CORE})
     loadavg = os.getloadavg()  # how idle the machine was: the figures depend on it
     with tempfile.TemporaryDirectory(prefix="stird-soak-") as tmp:
-        windows, alive = soak(args, Path(tmp))
+        windows, alive, fallbacks = soak(args, Path(tmp))
     criteria = Criteria(args.p99_bound, args.rss_growth, args.rss_slope)
-    verdict = judge(windows, criteria, alive)
+    verdict = judge(windows, criteria, alive, fallbacks)
     print_table(windows)
     print(
         "criteria:",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -282,3 +283,21 @@ async def test_redis_silent_server_times_out() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def _connected_clients(url: str) -> int:
+    async with redis.asyncio.Redis.from_url(url) as probe:
+        info = await probe.info("clients")
+        return int(info["connected_clients"]) - 1  # not counting the probe itself
+
+
+async def test_redis_burst_shares_a_bounded_pool(redis_url: str) -> None:
+    """200 concurrent operations on one store use at most ``max_connections``
+    connections and all succeed (redis-py's default pool would open 200)."""
+    before = await _connected_clients(redis_url)
+    prefix = f"burst:{uuid.uuid4().hex}:"
+    async with RedisStore(redis_url, prefix=prefix, timeout=2.0, max_connections=3) as store:
+        added = await asyncio.gather(*(store.add(f"k{i}", b"v", 5) for i in range(200)))
+        assert all(added)
+        assert await _connected_clients(redis_url) - before <= 3
+        assert await store.get("k199") == b"v"

@@ -29,7 +29,12 @@ def _px(ttl: float) -> int:
 
 
 class RedisStore:
-    """Keys are namespaced by ``prefix``; values are bytes; TTLs use ``SET … PX``."""
+    """Keys are namespaced by ``prefix``; values are bytes; TTLs use ``SET … PX``.
+
+    At most ``max_connections`` connections: under a burst, requests wait (within
+    ``timeout``) for a free one instead of each opening its own, so a flood of calls
+    cannot turn into a flood of Redis connections (redis-py's default pool is unbounded).
+    """
 
     def __init__(
         self,
@@ -37,15 +42,19 @@ class RedisStore:
         *,
         prefix: str = "stird:",
         timeout: float = 0.5,
+        max_connections: int = 16,
     ) -> None:
         self._prefix = prefix
         self._timeout = timeout
-        self._redis = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis = aioredis.Redis.from_pool(pool)
 
     async def _call(self, operation: Awaitable[_T]) -> _T:
         try:
