@@ -224,8 +224,50 @@ async def test_verify_valid_reads_every_identity_header(api: StirApi, serve: Any
     assert (v["STIRD_VERDICT"], v["STIRD_VERSTAT"], v["STIRD_ACTION"]) == (
         "valid", "TN-Validation-Passed", "continue")  # fmt: skip
     assert (v["STIRD_CODE"], v["STIRD_ATTEST"], v["STIRD_REASON"]) == ("", "A", "")
-    reads = [c for c in channel.commands if "Identity," in c]
-    assert reads == [f"GET FULL VARIABLE ${{PJSIP_HEADER(read,Identity,{n})}}" for n in (1, 2, 3)]
+    reads = [c for c in channel.commands if c.startswith("GET")]
+    assert reads == [  # lines 1, 2 and the other headers at once; then line 3 (empty)
+        "GET FULL VARIABLE ${PJSIP_HEADER(read,Identity,1)}|${PJSIP_HEADER(read,Identity,2)}"
+        "|${PJSIP_HEADER(read,From)}|${PJSIP_HEADER(read,P-Asserted-Identity)}"
+        "|${PJSIP_HEADER(read,To)}|${PJSIP_HEADER(read,Date)}|${PJSIP_HEADER(read,Call-ID)}"
+        "|${CHANNEL(pjsip,request_uri)}",
+        "GET FULL VARIABLE ${PJSIP_HEADER(read,Identity,3)}",
+    ]
+    assert len(channel.commands) == 11  # + clear, 7 results, STIRD_ACTION
+
+
+async def test_verify_one_identity_line_is_one_read(api: StirApi, serve: Any) -> None:
+    sign = await signed(api)
+    channel = with_date(inbound([", ".join(sign["identity"])]), sign["date"])
+    await run_agi(await serve(), channel)
+    assert channel.variables["STIRD_VERDICT"] == "valid"
+    assert [c for c in channel.commands if c.startswith("GET")] == [channel.commands[1]]
+
+
+@pytest.mark.parametrize("where", ["From", "Identity"])
+async def test_verify_a_value_holding_a_bar_is_read_on_its_own(
+    api: StirApi, serve: Any, where: str
+) -> None:
+    """'|' inside a value (a quoted display name) breaks the batch's field count: every
+    read is redone one by one and the values arrive whole."""
+    sign = await signed(api)
+    identity = [f'{sign["identity"][0]};x-note="a|b"', *sign["identity"][1:]]
+    channel = with_date(inbound(identity if where == "Identity" else sign["identity"]),
+                        sign["date"])  # fmt: skip
+    if where == "From":
+        channel.headers = [
+            (k, v.replace("Carrier (Main)", "Carrier|Main") if k == "From" else v)
+            for k, v in channel.headers
+        ]
+    await run_agi(await serve(), channel)
+    assert channel.variables["STIRD_VERDICT"] == "valid"
+    reads = [c.removeprefix("GET FULL VARIABLE ") for c in channel.commands if "GET" in c]
+    assert reads[1:] == [
+        "${PJSIP_HEADER(read,Identity,1)}", "${PJSIP_HEADER(read,Identity,2)}",
+        "${PJSIP_HEADER(read,Identity,3)}", "${PJSIP_HEADER(read,From)}",
+        "${PJSIP_HEADER(read,P-Asserted-Identity)}", "${PJSIP_HEADER(read,To)}",
+        "${PJSIP_HEADER(read,Date)}", "${PJSIP_HEADER(read,Call-ID)}",
+        "${CHANNEL(pjsip,request_uri)}",
+    ]  # fmt: skip
 
 
 async def test_verify_splits_a_comma_joined_line(api: StirApi, serve: Any) -> None:

@@ -109,10 +109,12 @@ async def test_stird_stopping_mid_session_leaves_the_dialplan_failing_closed(
     tmp_path: Path, answered: int
 ) -> None:
     """SIGTERM while a session waits on Asterisk: stird stops at once (not after the
-    5 s AGI timeout) and closes the session without a result."""
+    5 s AGI timeout) and closes the session without a result. Two Identity lines: the
+    second read (``answered`` 2) is then line 3's, after the batched first read."""
     asterisk = AsteriskConfig(agi_timeout=5.0)
     config = replace(server_config(tmp_path, agi=HostPort("127.0.0.1", 0)), asterisk=asterisk)
     channel = verify_channel()
+    channel.headers += [("Identity", "a.b.c;info=<https://x.example/a.pem>")] * 2
     daemon = Daemon(config)
     await daemon.start()
     try:

@@ -19,8 +19,10 @@ non-empty wins (one ``GET FULL VARIABLE`` reads all variables at once):
 2, … until empty, through GET FULL VARIABLE: GET VARIABLE stops at 1023 characters, fact 5),
 splits comma-joined lines (fact 25), and From, P-Asserted-Identity, To, Date, Call-ID and
 the Request-URI (``CHANNEL(pjsip,request_uri)``: ``EXTEN`` is only its user part, and is
-``s`` inside a Gosub). Sets ``STIRD_VERDICT``, ``STIRD_CODE``, ``STIRD_REASON``,
-``STIRD_VERSTAT``, ``STIRD_ATTEST``, ``STIRD_PAI``, ``STIRD_REASON_HEADER``.
+``s`` inside a Gosub). Lines 1–2 and the rest come in one GET FULL VARIABLE: each command
+is a round trip, and under load every round trip waits its turn in stird's event loop.
+Sets ``STIRD_VERDICT``, ``STIRD_CODE``, ``STIRD_REASON``, ``STIRD_VERSTAT``,
+``STIRD_ATTEST``, ``STIRD_PAI``, ``STIRD_REASON_HEADER``.
 The dialplan cannot read the SDP, so `ppt=msec` headers cannot have their `mky` checked:
 they are left out as an unsupported ppt (RFC 8224 §6.2 step 1) and the others verified.
 """
@@ -65,6 +67,18 @@ _VERIFY_READS = (
     ("call_id", "${PJSIP_HEADER(read,Call-ID)}"),
     ("ruri", "${CHANNEL(pjsip,request_uri)}"),
 )
+
+
+def _identity_read(index: int) -> str:
+    return f"${{PJSIP_HEADER(read,Identity,{index})}}"
+
+
+#: One round trip for the usual call: Identity lines 1 and 2 and every other read,
+#: joined by '|' (the transcripts' ``${STIRD_ORIG}->${STIRD_DEST}`` read shows Asterisk
+#: expanding several expressions in one GET FULL VARIABLE). A value holding '|' itself
+#: shows as a wrong field count and the reads are redone one by one.
+_VERIFY_BATCH = "|".join([_identity_read(1), _identity_read(2)] + [e for _, e in _VERIFY_READS])
+_VERIFY_FIELDS = 2 + len(_VERIFY_READS)
 Variables = list[tuple[str, str]]
 
 
@@ -279,11 +293,7 @@ class AgiServer:
     # --- verify ------------------------------------------------------------------------
 
     async def _verify_work(self, request: AgiRequest) -> tuple[Variables, str]:
-        params: dict[str, Any] = {"identity": await self._identity(request)}
-        for name, expression in _VERIFY_READS:
-            value = await request.get_full(expression)
-            if value:
-                params[name] = value
+        params = await _verify_params(request)
         params["dialog_forming"] = True
         verdict = await self._call(self.api.verify(params))
         code = verdict.get("code")
@@ -298,15 +308,39 @@ class AgiServer:
         ]
         return variables, str(verdict.get("action") or self.fail_action.value)
 
-    async def _identity(self, request: AgiRequest) -> list[str]:
-        """Every Identity value, one header each, at most MAX_LIST; msec left out."""
-        values: list[str] = []
-        for index in range(1, MAX_IDENTITY_LINES + 1):
-            line = await request.get_full(f"${{PJSIP_HEADER(read,Identity,{index})}}")
-            if not line:
-                break
-            values.extend(split_identity(line))
-        return [v for v in values if not _is_msec(v)][:MAX_LIST]
+
+async def _verify_params(request: AgiRequest) -> dict[str, Any]:
+    """The verify request from the channel: one GET FULL VARIABLE for the usual call,
+    then Identity lines 3, 4, … while there are more (at most MAX_IDENTITY_LINES)."""
+    values = (await request.get_full(_VERIFY_BATCH)).split("|")
+    if len(values) != _VERIFY_FIELDS:  # a value holds '|': read each on its own
+        lines = await _identity_lines(request, 1, [])
+        values = ["", ""] + [await request.get_full(e) for _, e in _VERIFY_READS]
+    elif values[0] and values[1]:
+        lines = await _identity_lines(request, 3, values[:2])
+    else:
+        lines = values[:1] if values[0] else []
+    params: dict[str, Any] = {"identity": _identities(lines)}
+    for (name, _), value in zip(_VERIFY_READS, values[2:], strict=True):
+        if value:
+            params[name] = value
+    return params
+
+
+async def _identity_lines(request: AgiRequest, first: int, lines: list[str]) -> list[str]:
+    """Identity header lines ``first``, ``first + 1``, … until an empty one."""
+    for index in range(first, MAX_IDENTITY_LINES + 1):
+        line = await request.get_full(_identity_read(index))
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
+def _identities(lines: list[str]) -> list[str]:
+    """Every Identity value, one header each, at most MAX_LIST; msec left out."""
+    values = [value for line in lines for value in split_identity(line)]
+    return [v for v in values if not _is_msec(v)][:MAX_LIST]
 
 
 def _session_counter(api: StirApi) -> Counter:
