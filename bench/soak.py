@@ -32,7 +32,10 @@ reported but not judged. Pass (exit status 0) only if all hold:
    half) a least-squares RSS slope over it ≤ ``--rss-slope`` MB/min (0.5);
 5. open fds grow by ≤ 16;
 6. with ``--redis``: stird never fell back to its local store (``stird_store_fallback_total``
-   is 0 at the end), so every replay check really was shared.
+   is 0 at the end), so every replay check really was shared;
+7. no SYN dropped at a full accept queue (``TcpExtListenOverflows`` of this network
+   namespace, per window as ``listen_drops``): a dropped FastAGI connect costs its caller a
+   1 s, 3 s, … SYN retransmission, which latency figures alone would show only as a tail.
 """
 
 from __future__ import annotations
@@ -302,6 +305,16 @@ def _agi_wrong(channel: FakeChannel, name: str, expected: str | None) -> str | N
 # --- stird's side --------------------------------------------------------------------------
 
 
+def listen_overflows() -> int:
+    """``TcpExtListenOverflows`` of this network namespace: connections refused because a
+    listener's accept queue was full (any listener; stird's are the only ones here)."""
+    names, values = [
+        line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+        if line.startswith("TcpExt:")
+    ][:2]  # fmt: skip
+    return int(dict(zip(names, values, strict=True)).get("ListenOverflows", 0))
+
+
 class Sampler:
     """stird's RSS, open fds and CPU share since the previous sample; this generator's
     CPU share too (near 100 %, the generator and not stird would be the bottleneck)."""
@@ -309,6 +322,7 @@ class Sampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.last = (time.perf_counter(), self.stird_cpu(), self.own_cpu())
+        self.overflows = listen_overflows()
 
     def stird_cpu(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -325,12 +339,14 @@ class Sampler:
         shares = [
             round(100 * (b - a) / seconds, 1) for a, b in zip(self.last[1:], now[1:], strict=True)
         ]
-        self.last = now
+        self.last, overflows = now, listen_overflows()
+        drops, self.overflows = overflows - self.overflows, overflows
         return {
             "rss_mb": round(rss_bytes(self.pid) / 2**20, 1),
             "fds": len(os.listdir(f"/proc/{self.pid}/fd")),
             "stird_cpu_pct": shares[0],
             "gen_cpu_pct": shares[1],
+            "listen_drops": drops,
         }
 
 
@@ -452,6 +468,7 @@ def judge(
         "rss_slope": slope is None or slope <= c.rss_slope_mb_per_min,
         "fds_flat": last["fds"] - first["fds"] <= c.fd_growth,
         "no_store_fallback": fallbacks == 0,
+        "no_listen_drops": sum(w.get("listen_drops", 0) for w in windows) == 0,
     }
     return {
         "checks": checks,
@@ -468,7 +485,8 @@ def print_table(windows: list[dict[str, Any]]) -> None:
     ops = sorted({op for w in windows for op in w["ops"]})
     print(
         f"{'win':>3} {'t s':>6} {'req/s':>7} {'err':>4} {'p50':>6} {'p99':>6} {'max':>7} "
-        f"{'RSS MB':>7} {'fds':>4} {'cpu%':>5} {'gen%':>5}  " + "  ".join(f"{op}" for op in ops)
+        f"{'RSS MB':>7} {'fds':>4} {'cpu%':>5} {'gen%':>5} {'drops':>5}  "
+        + "  ".join(f"{op}" for op in ops)
     )
     for w in windows:
         per_op = "  ".join(f"{_op_cell(w['ops'].get(op)):>{len(op)}}" for op in ops)
@@ -476,11 +494,15 @@ def print_table(windows: list[dict[str, Any]]) -> None:
         print(
             f"{w['window']:>2}{mark} {w['t_s']:>6} {w['requests_per_s']:>7} {w['errors']:>4} "
             f"{_ms(a['p50_ms']):>6} {_ms(a['p99_ms']):>6} {_ms(a['max_ms']):>7} {w['rss_mb']:>7} "
-            f"{w['fds']:>4} {w['stird_cpu_pct']:>5} {w['gen_cpu_pct']:>5}  {per_op}"
+            f"{w['fds']:>4} {w['stird_cpu_pct']:>5} {w['gen_cpu_pct']:>5} "
+            f"{w.get('listen_drops', 0):>5}  {per_op}"
         )
         for sample in w["error_samples"]:
             print(f"      error: {sample}")
-    print("(* warm-up, not judged; per operation: p99 ms, /errors if any; cpu% = stird)")
+    print(
+        "(* warm-up, not judged; per operation: p99 ms, /errors if any; cpu% = stird; "
+        "drops = SYNs dropped at a full accept queue)"
+    )
 
 
 def _op_cell(op: dict[str, Any] | None) -> str:

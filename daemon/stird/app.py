@@ -25,6 +25,7 @@ from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget, probe
 from stird.adapters.metrics import Metrics
 from stird.adapters.netstring import NetstringServer
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
+from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.asterisk import start_asterisk
@@ -60,7 +61,7 @@ def _listen(where: HostPort) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((where.host, where.port))
-    sock.listen(512)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -246,7 +247,7 @@ class Daemon:
         self.dialogs.start(self.kamailio, self.asterisk.ami)  # ends dialogs through them
         self.agi_address = self.asterisk.agi_address
         # HTTP (and /healthz) answers last: once it does, every listener is up
-        await web.SockSite(self._runner, http_sock).start()
+        await web.SockSite(self._runner, http_sock, backlog=LISTEN_BACKLOG).start()
         self._announce()
 
     def _build(self, config: Config) -> Built:

@@ -26,6 +26,7 @@ from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.cps_server import build_cps_app
 from stird.adapters.sdnotify import SystemdNotifier
+from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.builders import fetcher_for, trust_anchors
@@ -110,7 +111,7 @@ async def run_cps(parts: CpsParts, host: str, port: int, stop: asyncio.Event) ->
     runner = web.AppRunner(parts.app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         notifier = SystemdNotifier()
         log.info("CPS listening on %s:%d", host, port)
         notifier.ready(f"CPS serving on {host}:{port}")

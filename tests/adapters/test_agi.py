@@ -39,6 +39,7 @@ from tests.asterisk_fakes import (
     predial_env,
     run_agi,
 )
+from tests.listen_check import BURST, queued_connections
 
 CALLER, CALLEE = "+15551110000", "+15551230001"
 FROM = '"Carrier (Main) <x>" <sip:+15552220000@carrier.example;user=phone>;tag=6629SIPpTag001'
@@ -466,3 +467,10 @@ async def test_silent_peer_is_dropped_within_the_timeout(api: StirApi) -> None:
         assert channel.commands == []  # unknown script: closed without a command
     finally:
         await server.close()
+
+
+async def test_accept_queue_holds_a_burst_of_sessions(serve: Any) -> None:
+    """One connection per AGI() call: a pause in stird must not make the kernel drop new
+    sessions' SYNs (each dropped caller waits out a 1 s, 3 s … retransmission)."""
+    _, port = await serve()
+    assert queued_connections(port) == BURST  # asyncio's default backlog held 101

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from stird.adapters.jsonrpc import Dispatcher
 from stird.adapters.netstring import FramingError, NetstringDecoder, NetstringServer, encode
+from tests.listen_check import BURST, queued_connections
 
 
 @pytest.mark.parametrize(
@@ -127,3 +128,8 @@ async def test_idle_peer_and_early_close_free_the_server(server: tuple[str, int]
     writer.write(request(1))
     assert (await read_answers(reader, 1))[0]["id"] == 1
     writer.close()
+
+
+async def test_accept_queue_holds_a_burst_of_connections(server: Any) -> None:
+    _, port = server
+    assert queued_connections(port) == BURST  # asyncio's default backlog held 101

@@ -17,6 +17,7 @@ from stird.adapters.netstring import NetstringDecoder, encode
 from stird.app import Daemon
 from stird.config import Config, HostPort, VerifyConfig
 from stird.core.sipdate import format_sip_date
+from tests.listen_check import queued_connections
 
 FP = "4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:3E:4B:65:2E:7D:46:3F:54:42:CD:54:F1"
 SDP = f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 20000 UDP/TLS/RTP/SAVP 0\r\na=fingerprint:SHA-256 {FP}\r\n"
@@ -259,3 +260,13 @@ async def test_kamailio_health_in_healthz(tmp_path: Path) -> None:
         assert health["kamailio"]["reachable"] is False
     finally:
         await d.stop()
+
+
+async def test_every_listener_queues_a_burst_of_connections(daemon: Daemon) -> None:
+    """A pause in stird must not make the kernel drop new connections' SYNs (HTTP held
+    512, the netstring and FastAGI listeners asyncio's default 100)."""
+    assert daemon.jsonrpc_address is not None
+    ports = [daemon.http_address[1], daemon.jsonrpc_address[1]]
+    ports += [daemon.agi_address[1]] if daemon.agi_address is not None else []
+    for port in ports:
+        assert queued_connections(port, count=600) == 600, port

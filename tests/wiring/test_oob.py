@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,12 +29,13 @@ from stird.adapters.store_memory import MemoryStore
 from stird.app import Daemon
 from stird.config import Config, ConfigError, HostPort, OobConfig, VerifyConfig, parse_config
 from stird.core.oobkeys import PublicationPolicy
-from stird.cps_app import build_cps, ensure_dev_enc_key
+from stird.cps_app import build_cps, ensure_dev_enc_key, run_cps
 from stird.services.cps import CpsService
 from stird.services.keydir import KeyDirectory
 from tests.asterisk_fakes import FakeChannel, inbound_env, run_agi
 from tests.atis_fake import FakeAtisCps
 from tests.conftest import Cli
+from tests.listen_check import queued_connections
 
 LAB = {"allow_http": True, "allow_networks": ("127.0.0.0/8",)}
 
@@ -270,3 +272,22 @@ async def test_no_cps_configured_means_off(tmp_path: Path) -> None:
         assert signed["identity"] and signed["oob"]["stored"] is False
         assert signed["oob"]["error"] == "out-of-band STIR is off ([oob] cps)"
         assert (await verify(base, caller, callee))["verdict"] == "no-identity"
+
+
+async def test_standalone_cps_queues_a_burst_of_connections(tmp_path: Path) -> None:
+    """``stird cps``'s listener: a pause must not make the kernel drop callers' SYNs."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_cps(build_cps(Config(), tmp_path), "127.0.0.1", port, stop))
+    try:
+        for _ in range(200):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            await asyncio.sleep(0.01)
+        assert queued_connections(port, count=600) == 600  # aiohttp's default held 128
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -49,6 +49,7 @@ from stird.adapters.agi_protocol import (
 from stird.adapters.api import StirApi
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.requests import MAX_LIST, FieldError
+from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.core.errors import StirError
 from stird.core.identity import parse_identity
 
@@ -172,7 +173,9 @@ class AgiServer:
         )
         for script, route in self._routes.items():
             self._app.add_route(script, route)
-        self._server = await asyncio.start_server(self._app.handler, host, port, limit=MAX_LINE)
+        self._server = await asyncio.start_server(
+            self._app.handler, host, port, limit=MAX_LINE, backlog=LISTEN_BACKLOG
+        )
         sockname = self._server.sockets[0].getsockname()
         address = (str(sockname[0]), int(sockname[1]))
         self.health["address"] = f"{address[0]}:{address[1]}"

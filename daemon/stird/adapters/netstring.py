@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stird.adapters import jsoncodec
+from stird.adapters.sockets import LISTEN_BACKLOG
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class NetstringServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_MESSAGE)
+        self._server = await asyncio.start_server(
+            self._serve, host, port, limit=MAX_MESSAGE, backlog=LISTEN_BACKLOG
+        )
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 

@@ -1,0 +1,11 @@
+"""Listening-socket settings shared by every stird listener."""
+
+from __future__ import annotations
+
+#: Accept-queue length of every listener (the kernel caps it at ``net.core.somaxconn``,
+#: 4096 on Debian 12). Asterisk opens a new connection for each ``AGI()`` call, so at
+#: 200 sessions/s the default of 100 (asyncio) or 128 (aiohttp) fills during a 0.5 s
+#: hiccup; the kernel then drops the SYNs, and each dropped caller waits out a 1 s, 3 s, …
+#: SYN retransmission: seconds of post-dial delay and AGI timeouts from a sub-second
+#: pause (found by bench/soak.py --redis: TcpExtListenOverflows).
+LISTEN_BACKLOG = 1024
