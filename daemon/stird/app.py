@@ -24,6 +24,7 @@ from stird.adapters.jsonrpc import Dispatcher
 from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget, probe
 from stird.adapters.metrics import Metrics
 from stird.adapters.netstring import NetstringServer
+from stird.adapters.overload import LoadShedder
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.adapters.store_memory import MemoryStore
@@ -226,6 +227,8 @@ class Daemon:
         self.built = self._build(self.config)
         self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
         self.api = StirApi(self.built.runtime, self.metrics)
+        self.shedder = LoadShedder(server.max_loop_lag, registry=self.metrics.registry)
+        self.api.shedder = self.shedder
         self.dialogs = build_dialogs(self.config.dialog, self.metrics)
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
@@ -248,6 +251,7 @@ class Daemon:
         self.agi_address = self.asterisk.agi_address
         # HTTP (and /healthz) answers last: once it does, every listener is up
         await web.SockSite(self._runner, http_sock, backlog=LISTEN_BACKLOG).start()
+        self._lag_watch = asyncio.get_running_loop().create_task(self.shedder.run())
         self._announce()
 
     def _build(self, config: Config) -> Built:
@@ -313,6 +317,7 @@ class Daemon:
 
     async def stop(self) -> None:
         self.notifier.stopping()
+        self._lag_watch.cancel()
         if self._netstring is not None:
             await self._netstring.close()
         await self.dialogs.close()

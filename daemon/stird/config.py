@@ -55,6 +55,7 @@ class ServerConfig:
     max_body: int = 256 * 1024
     token_file: Path | None = None  # bearer token for the HTTP API (stird.exposure)
     insecure_expose: bool = False  # allow unprotected listeners off loopback
+    max_loop_lag: float = 0.25  # s the event loop may run late before work is refused; 0: never
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,12 @@ def _positive(value: Any) -> Any:
     return value
 
 
+def _not_negative(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError("must be a number, 0 or more")
+    return value
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("must be a list of strings")
@@ -235,6 +242,7 @@ _SERVER: dict[str, Check] = {
     "max_body": _positive,
     "token_file": lambda v: Path(_typed(str)(v)),
     "insecure_expose": _typed(bool),
+    "max_loop_lag": _not_negative,
 }
 _VERIFY: dict[str, Check] = {
     "require_identity": _typed(bool), "max_age": _positive, "max_skew": _typed(int),

@@ -21,12 +21,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import CollectorRegistry
 
 from stird.adapters.agi import AgiServer, FailAction, split_identity
 from stird.adapters.agi_protocol import AgiProtocolError, AgiReply, AgiRequest, parse_reply, quote
 from stird.adapters.api import StirApi
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.metrics import Metrics
+from stird.adapters.overload import LoadShedder
 from stird.adapters.store_memory import MemoryStore
 from stird.app import build_runtime
 from stird.config import Config
@@ -474,3 +476,22 @@ async def test_accept_queue_holds_a_burst_of_sessions(serve: Any) -> None:
     sessions' SYNs (each dropped caller waits out a 1 s, 3 s … retransmission)."""
     _, port = await serve()
     assert queued_connections(port) == BURST  # asyncio's default backlog held 101
+
+
+async def test_behind_it_applies_the_fail_action_before_reading_the_channel(
+    api: StirApi, serve: Any
+) -> None:
+    """A refusal while the loop runs late: STIRD_CODE 503 and the fail action, without
+    the channel reads (each a round trip stird cannot afford just then)."""
+    sign = await signed(api)
+    api.shedder = LoadShedder(0.25, registry=CollectorRegistry())
+    api.shedder.observe(0.5)
+    try:
+        channel = with_date(inbound(sign["identity"]), sign["date"])
+        await run_agi(await serve(fail_action=FailAction.CONTINUE), channel)
+    finally:
+        api.shedder = None
+    v = channel.variables
+    assert (v["STIRD_ACTION"], v["STIRD_CODE"], v["STIRD_VERDICT"], v["STIRD_REASON"]) == (
+        "continue", "503", "error", "Service Unavailable")  # fmt: skip
+    assert not [c for c in channel.commands if c.startswith("GET")]

@@ -42,6 +42,9 @@ def test_good_file(tmp_path: Path) -> None:
     assert config.verify.require_identity and config.verify.max_age == 30
     assert config.credentials[0].tn_ranges == ("+12025550000,1000",)
     assert config.source == path
+    assert config.server.max_loop_lag == 0.25
+    no_shedding = parse_config(__import__("tomllib").loads("[server]\nmax_loop_lag = 0"))
+    assert no_shedding.server.max_loop_lag == 0
 
 
 @pytest.mark.parametrize(
@@ -62,6 +65,7 @@ def test_good_file(tmp_path: Path) -> None:
         ),
         ("[bogus]\nx = 1", "bogus: unknown section"),
         ("log_level = 'loud'", "log_level: must be one of"),
+        ("[server]\nmax_loop_lag = -0.1", "[server] max_loop_lag: must be a number, 0 or more"),
     ],
 )
 def test_errors_name_the_key(text: str, message: str) -> None:

@@ -270,3 +270,29 @@ async def test_every_listener_queues_a_burst_of_connections(daemon: Daemon) -> N
     ports += [daemon.agi_address[1]] if daemon.agi_address is not None else []
     for port in ports:
         assert queued_connections(port, count=600) == 600, port
+
+
+async def test_behind_it_refuses_sign_and_verify_with_503_at_once(
+    daemon: Daemon, http: tuple[aiohttp.ClientSession, str]
+) -> None:
+    """While the event loop runs late, new work gets 503 + Retry-After (JSON-RPC: the SIP
+    code in ``data``) at once, so the PBX applies its fail policy instead of waiting out
+    its timeout; status, health and metrics still answer."""
+    sign = await signed(http)
+    daemon._lag_watch.cancel()  # the lag is set by hand below, not measured
+    daemon.shedder.observe(1.0)
+    status, body = await post(http, "/v1/verify", verify_body(sign))
+    assert (status, body["code"], body["reason"]) == (503, 503, "Service Unavailable")
+    assert "1000 ms late" in body["error"]
+    session, base = http
+    async with session.post(base + "/v1/sign", data=json.dumps({"orig": FROM})) as response:
+        assert (response.status, response.headers["Retry-After"]) == (503, "1")
+    calls = [{"jsonrpc": "2.0", "id": 1, "method": "stir.sign", "params": {"orig": FROM}},
+             {"jsonrpc": "2.0", "id": 2, "method": "stir.status"}]  # fmt: skip
+    status, (refused, answered) = await post(http, "/jsonrpc", calls)
+    assert (refused["error"]["code"], refused["error"]["data"]["code"]) == (-32000, 503)
+    assert answered["result"]["status"] == "ok"
+    async with session.get(base + "/metrics") as response:
+        assert 'stird_overload_shed_total{interface="api"} 3.0' in await response.text()
+    daemon.shedder.observe(0.0)
+    assert (await post(http, "/v1/verify", verify_body(await signed(http))))[0] == 200

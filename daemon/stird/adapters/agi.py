@@ -48,6 +48,7 @@ from stird.adapters.agi_protocol import (
 )
 from stird.adapters.api import StirApi
 from stird.adapters.dtls import DtlsCertificates, DtlsError
+from stird.adapters.overload import OVERLOADED_CODE, OVERLOADED_REASON, Overloaded
 from stird.adapters.requests import MAX_LIST, FieldError
 from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.core.errors import StirError
@@ -128,6 +129,8 @@ def _first(*values: str) -> str:
 def _describe(exc: Exception) -> tuple[int, str, str]:
     if isinstance(exc, StirError):
         return exc.code, exc.reason, exc.detail
+    if isinstance(exc, Overloaded):
+        return OVERLOADED_CODE, OVERLOADED_REASON, str(exc)
     return 500, "Server Internal Error", str(exc)
 
 
@@ -209,9 +212,10 @@ class AgiServer:
         try:
             await request.set_variable("STIRD_ACTION", "")  # no stale verdict passes
             try:
+                self.api.admit("agi")  # before the channel reads: a refusal costs little
                 variables, action = await work(request)
                 outcome = "ok"
-            except (StirError, FieldError, DtlsError, WorkFailed) as exc:
+            except (StirError, FieldError, DtlsError, WorkFailed, Overloaded) as exc:
                 variables, action = self._failure(route, request, exc)
                 outcome = "failed"
             for name, value in variables:
@@ -232,7 +236,7 @@ class AgiServer:
 
     def _failure(self, route: str, request: AgiRequest, exc: Exception) -> tuple[Variables, str]:
         code, reason, detail = _describe(exc)
-        log.warning(
+        (log.debug if isinstance(exc, Overloaded) else log.warning)(  # the shedder logs once
             "FastAGI %s on %s failed: %d %s (%s); telling the dialplan to %s",
             route, request.channel, code, reason, detail, self.fail_action.value,
         )  # fmt: skip
@@ -252,7 +256,7 @@ class AgiServer:
             return await asyncio.wait_for(operation, self.call_timeout)
         except TimeoutError:
             raise WorkFailed(f"no answer within {self.call_timeout} s") from None
-        except (StirError, FieldError):
+        except (StirError, FieldError, Overloaded):
             raise
         except Exception as exc:
             log.exception("FastAGI: internal error")

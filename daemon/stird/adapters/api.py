@@ -12,6 +12,7 @@ from typing import Any
 from stird.adapters.dialog_api import DialogApi, is_backwards
 from stird.adapters.jsonrpc import Method
 from stird.adapters.metrics import Metrics
+from stird.adapters.overload import LoadShedder
 from stird.adapters.requests import budget, sign_input, sip_facts, wants_oob
 from stird.core.errors import StirError
 from stird.core.tn import IdKind
@@ -66,12 +67,19 @@ class StirApi:
         self.metrics = metrics
         self.health: dict[str, Any] = {}
         self.dialogs = DialogApi()  # the msec dialog policy ([dialog]); off by default
+        self.shedder: LoadShedder | None = None  # refuses sign/verify while stird is behind
+
+    def admit(self, interface: str = "api") -> None:
+        """Raise :class:`~stird.adapters.overload.Overloaded` while stird is behind."""
+        if self.shedder is not None:
+            self.shedder.check(interface)
 
     def methods(self) -> dict[str, Method]:
         return {"stir.sign": self.sign, "stir.verify": self.verify, "stir.status": self.status,
                 "stir.dialog": self.dialog}  # fmt: skip
 
     async def sign(self, params: Any) -> dict[str, Any]:
+        self.admit()
         started = time.perf_counter()
         runtime = self.runtime
         request = sign_input(params, runtime.region)
@@ -117,6 +125,7 @@ class StirApi:
         return result
 
     async def verify(self, params: Any) -> dict[str, Any]:
+        self.admit()
         started = time.perf_counter()
         facts = sip_facts(params)
         backwards = is_backwards(params)  # the callee's in-dialog request (RFC 8862 §4.3)

@@ -11,6 +11,7 @@ from aiohttp import web
 from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
 from stird.adapters.jsonrpc import PARSE_ERROR, Dispatcher, error
+from stird.adapters.overload import OVERLOADED_CODE, OVERLOADED_REASON, Overloaded
 from stird.adapters.requests import FieldError
 from stird.core.errors import SipStatus, StirError
 
@@ -50,6 +51,10 @@ def _wrap(operation: Any) -> Any:
         except StirError as exc:
             status = _HTTP_STATUS.get(exc.status, 422)
             return _json_error(status, exc.detail, code=exc.code, reason=exc.reason)
+        except Overloaded as exc:
+            refused = _json_error(503, str(exc), code=OVERLOADED_CODE, reason=OVERLOADED_REASON)
+            refused.headers["Retry-After"] = "1"  # RFC 9110 §10.2.3
+            return refused
 
     return handler
 
