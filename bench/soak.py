@@ -356,17 +356,19 @@ def start_redis(procs: Processes) -> str:
         raise SystemExit("--redis: redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     argv = [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    # On the generator's core, standing in for a Redis host of its own: on stird's core its
-    # timers and expiry cycles would preempt stird and show up as stird's latency.
+    # On the generator's core, standing in for a Redis host of its own: its CPU is not stird's.
     wait_port(port, procs.start("redis", argv, core=LOAD_CORE))
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_stird(procs: Processes, workdir: Path, redis: str | None) -> tuple[Any, dict[str, int]]:
+def start_stird(
+    procs: Processes, workdir: Path, redis: str | None, max_loop_lag: float | None = None
+) -> tuple[Any, dict[str, int]]:
     ports = {"http": free_port(), "rpc": free_port(), "agi": free_port()}
     config = workdir / "stird.toml"
     config.write_text(
         "# embedded defaults: development credential, loopback listeners\n"
+        + (f"[server]\nmax_loop_lag = {max_loop_lag}\n" if max_loop_lag is not None else "")
         + (f'[store]\nredis = "{redis}"\n' if redis else "")
     )
     argv = [
@@ -529,6 +531,7 @@ def parse_args() -> argparse.Namespace:
     add("--rss-growth", type=float, default=10.0, help="MB after the warm-up (10)")
     add("--rss-slope", type=float, default=0.5, help="MB/min over the second half (0.5)")
     add("--redis", action="store_true", help="run stird with [store] redis on a local redis")
+    add("--max-loop-lag", type=float, help="stird's [server] max_loop_lag, s (0: no shedding)")
     add("--json-out", type=Path, help="also write the JSON line to this file")
     return parser.parse_args()
 
@@ -543,25 +546,33 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def store_fallbacks(http_port: int) -> int | None:
-    """``stird_store_fallback_total`` from /metrics: times Redis failed and stird went on
-    with its local store (0 without Redis; None if /metrics could not be read)."""
+def counters(http_port: int) -> dict[str, int] | None:
+    """From /metrics (None if it could not be read): ``fallbacks``, times Redis failed and
+    stird went on with its local store (``stird_store_fallback_total``; 0 without Redis),
+    and ``shed``, requests refused while stird was behind (``stird_overload_shed_total``)."""
     url = f"http://127.0.0.1:{http_port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
             text = answer.read().decode()
     except OSError:
         return None
+    found = {"fallbacks": 0, "shed": 0}
     for line in text.splitlines():
-        if line.startswith("stird_store_fallback_total "):
-            return int(float(line.split()[1]))
-    return 0
+        name, _, value = line.rpartition(" ")
+        if name == "stird_store_fallback_total":
+            found["fallbacks"] = int(float(value))
+        elif name.startswith("stird_overload_shed_total{"):
+            found["shed"] += int(float(value))
+    return found
 
 
-def soak(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]], bool, int | None]:
+def soak(
+    args: argparse.Namespace, workdir: Path
+) -> tuple[list[dict[str, Any]], bool, dict[str, int] | None]:
     procs = Processes(workdir)
     try:
-        proc, ports = start_stird(procs, workdir, start_redis(procs) if args.redis else None)
+        redis = start_redis(procs) if args.redis else None
+        proc, ports = start_stird(procs, workdir, redis, args.max_loop_lag)
         sampler, soak = Sampler(proc.pid), Soak(ports)
 
         async def go() -> None:
@@ -573,7 +584,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]],
 
         run_loop(go())
         alive = proc.poll() is None
-        fallbacks = store_fallbacks(ports["http"]) if alive else None
+        found = counters(ports["http"]) if alive else None
         if not alive:
             print(procs.log_tail("stird"), file=sys.stderr)
     finally:
@@ -581,7 +592,7 @@ def soak(args: argparse.Namespace, workdir: Path) -> tuple[list[dict[str, Any]],
     return (
         [report_window(i, w, soak.started, args.warmup) for i, w in enumerate(soak.closed)],
         alive,
-        fallbacks,
+        found,
     )
 
 
@@ -590,14 +601,16 @@ def main() -> int:
     os.sched_setaffinity(0, {LOAD_CORE})
     loadavg = os.getloadavg()  # how idle the machine was: the figures depend on it
     with tempfile.TemporaryDirectory(prefix="stird-soak-") as tmp:
-        windows, alive, fallbacks = soak(args, Path(tmp))
+        windows, alive, found = soak(args, Path(tmp))
     criteria = Criteria(args.p99_bound, args.rss_growth, args.rss_slope)
-    verdict = judge(windows, criteria, alive, fallbacks)
+    verdict = judge(windows, criteria, alive, None if found is None else found["fallbacks"])
+    verdict["shed"] = None if found is None else found["shed"]
     print_table(windows)
     print(
         "criteria:",
         ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in verdict["checks"].items()),
     )
+    print(f"refused while behind (503): {verdict['shed']}")
     print("verdict:", "PASS" if verdict["passed"] else "FAIL")
     out = {
         "soak": "stird",
@@ -606,6 +619,7 @@ def main() -> int:
         "window_s": args.window,
         "warmup_s": args.warmup,
         "store": "redis" if args.redis else "memory",
+        "max_loop_lag": args.max_loop_lag,  # None: stird's default (0.25 s)
         "mix": "http 40% / netstring json-rpc 40% / fastagi 20%; each call a sign + a verify",
         "criteria": dataclasses.asdict(criteria),
         "loadavg_start": [round(x, 2) for x in loadavg],

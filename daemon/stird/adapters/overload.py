@@ -4,7 +4,7 @@ Past its capacity (a burst, a slower host, a neighbour taking the core) a single
 loop queues work without bound: every answer comes later than the one before, soon later
 than the PBX waits (an AGI() timeout, Kamailio's RPC timeout), and stird then spends its
 core on calls whose callers have given up. ``bench/soak.py`` on a host slowed by a fifth
-showed exactly that: answers after 3–10 s, FastAGI sessions timing out.
+saw answers after 3–10 s and FastAGI sessions timing out (docs/RELIABILITY.md, finding 4).
 
 The loop's lateness is the queue's length in time: a watcher sleeps ``interval`` and
 measures how late it wakes. While that lag exceeds ``max_lag``, new work is refused with
