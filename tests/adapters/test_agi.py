@@ -495,3 +495,14 @@ async def test_behind_it_applies_the_fail_action_before_reading_the_channel(
     assert (v["STIRD_ACTION"], v["STIRD_CODE"], v["STIRD_VERDICT"], v["STIRD_REASON"]) == (
         "continue", "503", "error", "Service Unavailable")  # fmt: skip
     assert not [c for c in channel.commands if c.startswith("GET")]
+
+
+async def test_verify_batch_longer_than_a_line_fails_closed(api: StirApi, serve: Any) -> None:
+    """Hostile Identity headers whose batched read overruns MAX_LINE (64 KiB): the session
+    ends at once without a result (STIRD_ACTION stays empty: the dialplan fails closed)."""
+    channel = inbound(["x" * 40_000, "y" * 40_000])
+    started = time.monotonic()
+    await run_agi(await serve(), channel)
+    assert time.monotonic() - started < 2
+    assert channel.variables["STIRD_ACTION"] == ""
+    assert "STIRD_VERDICT" not in channel.variables

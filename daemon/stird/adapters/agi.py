@@ -48,7 +48,7 @@ from stird.adapters.agi_protocol import (
 )
 from stird.adapters.api import StirApi
 from stird.adapters.dtls import DtlsCertificates, DtlsError
-from stird.adapters.overload import OVERLOADED_CODE, OVERLOADED_REASON, Overloaded
+from stird.adapters.overload import Overloaded
 from stird.adapters.requests import MAX_LIST, FieldError
 from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.core.errors import StirError
@@ -129,8 +129,6 @@ def _first(*values: str) -> str:
 def _describe(exc: Exception) -> tuple[int, str, str]:
     if isinstance(exc, StirError):
         return exc.code, exc.reason, exc.detail
-    if isinstance(exc, Overloaded):
-        return OVERLOADED_CODE, OVERLOADED_REASON, str(exc)
     return 500, "Server Internal Error", str(exc)
 
 
@@ -215,7 +213,7 @@ class AgiServer:
                 self.api.admit("agi")  # before the channel reads: a refusal costs little
                 variables, action = await work(request)
                 outcome = "ok"
-            except (StirError, FieldError, DtlsError, WorkFailed, Overloaded) as exc:
+            except (StirError, FieldError, DtlsError, WorkFailed) as exc:
                 variables, action = self._failure(route, request, exc)
                 outcome = "failed"
             for name, value in variables:
@@ -256,7 +254,7 @@ class AgiServer:
             return await asyncio.wait_for(operation, self.call_timeout)
         except TimeoutError:
             raise WorkFailed(f"no answer within {self.call_timeout} s") from None
-        except (StirError, FieldError, Overloaded):
+        except (StirError, FieldError):
             raise
         except Exception as exc:
             log.exception("FastAGI: internal error")
@@ -322,15 +320,14 @@ async def _verify_params(request: AgiRequest) -> dict[str, Any]:
     values = (await request.get_full(_VERIFY_BATCH)).split("|")
     if len(values) != _VERIFY_FIELDS:  # a value holds '|': read each on its own
         lines = await _identity_lines(request, 1, [])
-        values = ["", ""] + [await request.get_full(e) for _, e in _VERIFY_READS]
-    elif values[0] and values[1]:
-        lines = await _identity_lines(request, 3, values[:2])
+        headers = [await request.get_full(e) for _, e in _VERIFY_READS]
     else:
-        lines = values[:1] if values[0] else []
+        first, second, *headers = values
+        lines = [first, second] if first and second else [first] if first else []
+        if len(lines) == 2:  # maybe more: line N exists only if line N-1 did
+            lines = await _identity_lines(request, 3, lines)
     params: dict[str, Any] = {"identity": _identities(lines)}
-    for (name, _), value in zip(_VERIFY_READS, values[2:], strict=True):
-        if value:
-            params[name] = value
+    params.update((name, v) for (name, _), v in zip(_VERIFY_READS, headers, strict=True) if v)
     return params
 
 

@@ -11,11 +11,11 @@ from aiohttp import web
 from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
 from stird.adapters.jsonrpc import PARSE_ERROR, Dispatcher, error
-from stird.adapters.overload import OVERLOADED_CODE, OVERLOADED_REASON, Overloaded
 from stird.adapters.requests import FieldError
 from stird.core.errors import SipStatus, StirError
 
-_HTTP_STATUS = {SipStatus.BAD_REQUEST: 400, SipStatus.FORBIDDEN: 403, SipStatus.STALE_DATE: 403}
+_HTTP_STATUS = {SipStatus.BAD_REQUEST: 400, SipStatus.FORBIDDEN: 403, SipStatus.STALE_DATE: 403,
+                SipStatus.SERVICE_UNAVAILABLE: 503}  # fmt: skip
 _CERT_NAME = re.compile(r"[\w.-]{1,64}")
 
 
@@ -50,11 +50,10 @@ def _wrap(operation: Any) -> Any:
             return _json_error(413, "body too large", field="body")
         except StirError as exc:
             status = _HTTP_STATUS.get(exc.status, 422)
-            return _json_error(status, exc.detail, code=exc.code, reason=exc.reason)
-        except Overloaded as exc:
-            refused = _json_error(503, str(exc), code=OVERLOADED_CODE, reason=OVERLOADED_REASON)
-            refused.headers["Retry-After"] = "1"  # RFC 9110 §10.2.3
-            return refused
+            answer = _json_error(status, exc.detail, code=exc.code, reason=exc.reason)
+            if status == 503:
+                answer.headers["Retry-After"] = "1"  # RFC 9110 §10.2.3
+            return answer
 
     return handler
 

@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from stird.adapters.overload import OVERLOADED_CODE, OVERLOADED_REASON, Overloaded
 from stird.adapters.requests import FieldError
 from stird.core.errors import StirError
 
@@ -71,9 +70,6 @@ class Dispatcher:
         except StirError as exc:
             data = {"code": exc.code, "reason": exc.reason, "detail": exc.detail}
             return error(STIR_ERROR, f"{exc.code} {exc.reason}: {exc.detail}", id_, data)
-        except Overloaded as exc:
-            data = {"code": OVERLOADED_CODE, "reason": OVERLOADED_REASON, "detail": str(exc)}
-            return error(STIR_ERROR, f"{OVERLOADED_CODE} {OVERLOADED_REASON}: {exc}", id_, data)
         except Exception:  # a bug must not take the connection down
             log.exception("JSON-RPC method %s failed", name)
             return error(INTERNAL, "internal error", id_)

@@ -21,18 +21,18 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-#: What a refusal tells the caller: SIP's and HTTP's "try again later".
-OVERLOADED_CODE = 503
-OVERLOADED_REASON = "Service Unavailable"
+from stird.core.errors import Check, SipStatus, StirError
 
 log = logging.getLogger(__name__)
 
 
-class Overloaded(Exception):
-    """stird is behind (its event loop runs ``lag`` seconds late): the work was refused."""
+class Overloaded(StirError):
+    """stird is behind (its event loop runs ``lag`` seconds late): the work was refused
+    with 503 (SIP's and HTTP's "try again later"), like any other error of the family."""
 
     def __init__(self, lag: float) -> None:
-        super().__init__(f"overloaded: event loop {lag * 1000:.0f} ms late")
+        detail = f"overloaded: event loop {lag * 1000:.0f} ms late"
+        super().__init__(SipStatus.SERVICE_UNAVAILABLE, detail, check=Check.CAPACITY)
         self.lag = lag
 
 

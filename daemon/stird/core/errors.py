@@ -11,7 +11,8 @@ import enum
 
 
 class SipStatus(enum.Enum):
-    """SIP status codes and reason phrases of RFC 8224 §6.2.2 (plus 400 for bad input)."""
+    """SIP status codes and reason phrases of RFC 8224 §6.2.2 (plus 400 for bad input and
+    503 for stird refusing work while it is behind, RFC 3261 §21.5.4)."""
 
     USE_IDENTITY_HEADER = (428, "Use Identity Header")
     USE_SUPPORTED_PASSPORT_FORMAT = (428, "Use Supported PASSporT Format")
@@ -22,6 +23,7 @@ class SipStatus(enum.Enum):
     STALE_DATE = (403, "Stale Date")
     BAD_REQUEST = (400, "Bad Request")
     FORBIDDEN = (403, "Forbidden")  # the authentication service holds no credential for orig
+    SERVICE_UNAVAILABLE = (503, "Service Unavailable")  # overloaded: try again later
 
     @property
     def code(self) -> int:
@@ -48,6 +50,7 @@ class Check(enum.Enum):
     REPLAY = "replay"  # RFC 8224 §12.1
     DIVERSION = "diversion"  # RFC 8946 §4.2: a div PASSporT links to no earlier one
     ABSENT = "absent"  # no (usable) Identity header
+    CAPACITY = "capacity"  # stird itself is behind: nothing about the request was checked
 
 
 class StirError(Exception):
