@@ -49,14 +49,15 @@ async def test_measures_a_blocked_loop_and_recovers(caplog: pytest.LogCaptureFix
     task = asyncio.create_task(shedder.run())
     try:
         await asyncio.sleep(0.05)
-        assert shedder.lag < 0.1
         time.sleep(0.3)  # the loop is stuck: what a burst of work does to it
-        await asyncio.sleep(0)  # the watcher wakes first, 0.3 s late
-        await asyncio.sleep(0)
+        for _ in range(20):  # the watcher's timer is overdue: it runs within a few turns
+            await asyncio.sleep(0)
+            if shedder.shedding:
+                break
         assert shedder.shedding and shedder.lag >= 0.2
         with pytest.raises(Overloaded):
             shedder.check()
-        for _ in range(50):
+        for _ in range(200):  # generous: a busy CI core may run the watcher late again
             await asyncio.sleep(0.01)
             if not shedder.shedding:
                 break
