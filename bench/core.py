@@ -38,7 +38,7 @@ from stird.core import certs  # noqa: E402
 from stird.core.passport import Ppt  # noqa: E402
 from stird.core.sign import SignRequest, sign_request  # noqa: E402
 from stird.core.tn import parse_cli_id  # noqa: E402
-from stird.core.verdict import Credential, SipFacts, Verdict, VerifyPolicy  # noqa: E402
+from stird.core.verdict import Credential, SipFacts, Trust, Verdict, VerifyPolicy  # noqa: E402
 from stird.core.verify import verify_request  # noqa: E402
 
 ORIG, DEST = "+12025550100", "+12025550101"
@@ -130,7 +130,7 @@ def main() -> int:
     signed, header = sign_request(request, key, X5U)
     identity = header.format()
     facts = SipFacts(identity=(identity,), from_=FROM, to=TO)
-    lookup = {X5U: Credential((cert,), pinned=True)}
+    lookup = {X5U: Credential((cert,), trust=Trust.ANCHOR)}
     policy = VerifyPolicy()
     assert verify_request(facts, lookup, policy, now).verdict is Verdict.VALID
 

@@ -35,7 +35,7 @@ from stird.config import Config, ConfigError, HostPort
 from stird.core import certs
 from stird.core.passport import Ppt
 from stird.core.tn import parse_cli_id
-from stird.core.verdict import Credential, VerifyPolicy
+from stird.core.verdict import Credential, Trust, VerifyPolicy
 from stird.cps_app import CpsParts
 from stird.dialog_app import build_dialogs
 from stird.exposure import load_token, warn_if_insecure
@@ -50,8 +50,8 @@ from stird.services.certcache import CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import KeyValueStore
 from stird.services.stores import FallbackStore
-from stird.services.verdicts import OnFailure, Role, ServicePolicy
-from stird.services.verification import VerificationService
+from stird.services.verdicts import OnFailure, ReplayOverflow, Role, ServicePolicy
+from stird.services.verification import ReplayStats, VerificationService
 
 log = logging.getLogger("stird")
 DEV_NAME = "dev"
@@ -153,6 +153,8 @@ def _service_policy(config: Config) -> ServicePolicy:
         tofu=v.tofu,
         pins=frozenset(p.lower().replace(":", "") for p in v.pins),
         replay=v.replay,
+        replay_overflow=ReplayOverflow(v.replay_overflow),
+        require_call_id=v.require_call_id,
         deadline=float(v.deadline),
     )
 
@@ -183,17 +185,42 @@ class Built:
             await self.cps_client.close()
 
 
+def replay_capacity(config: Config) -> int:
+    """Entries the replay cache must hold so that none is dropped before its window ends:
+    the configured peak rate of verified PASSporTs × the window (RFC 8224 §12.1)."""
+    v = config.verify
+    return int(v.replay_peak_rate) * (int(v.max_age) + max(int(v.max_skew), 0) + 1)
+
+
+def replay_store_for(config: Config, store: KeyValueStore | None = None) -> KeyValueStore:
+    """The replay cache: a local store that never evicts a live entry (full → StoreFull),
+    behind the shared Redis store when ``store`` has one."""
+    local = MemoryStore(replay_capacity(config), evict=False)
+    return store.beside(local) if isinstance(store, FallbackStore) else local
+
+
 def build_runtime(
-    config: Config, store: KeyValueStore, base_url: str, now: int, *, own_cps: str | None = None
+    config: Config,
+    store: KeyValueStore,
+    base_url: str,
+    now: int,
+    *,
+    own_cps: str | None = None,
+    replay_store: KeyValueStore | None = None,
+    replay_stats: ReplayStats | None = None,
 ) -> Built:
     """Everything a configuration produces; raises ConfigError/KeyFileError on problems.
     ``own_cps``: how stird reaches its own listener (the in-process CPS)."""
     creds = signing_credentials(config, base_url, now)
     fetcher = fetcher_for(config)
     cache = CertificateCache(fetcher, shared=store if config.store.redis else None)
-    own = {c.x5u: Credential(c.chain, pinned=True) for c in creds}  # never fetched
+    own = {c.x5u: Credential(c.chain, trust=Trust.ANCHOR) for c in creds}  # never fetched
     verifier = VerificationService(
-        StaticCredentials(own, fallback=cache), store, _service_policy(config)
+        StaticCredentials(own, fallback=cache),
+        store,
+        _service_policy(config),
+        replay_store=replay_store,  # None: the store itself
+        replay_stats=replay_stats,
     )
     notes = () if config.credentials else ("development credential: not for production",)
     oob, cps_client = build_oob(config, creds, own_cps or base_url)
@@ -221,6 +248,8 @@ class Daemon:
         self.http_address: tuple[str, int] = http_sock.getsockname()[:2]
         self.base_url = _public_url(self.config, self.http_address)
         self.store = self._store()
+        self.replay_store = replay_store_for(self.config, self.store)
+        self.replay_stats = ReplayStats()  # one series across reloads
         if isinstance(self.store, FallbackStore):
             fallback = self.store
             self.metrics.watch_store(lambda: fallback.failures)
@@ -232,6 +261,7 @@ class Daemon:
         self.dialogs = build_dialogs(self.config.dialog, self.metrics)
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
+        self.metrics.watch_replay(lambda: self.replay_stats)
         token = load_token(server.token_file) if server.token_file is not None else None
         warn_if_insecure(server)
         app = build_app(self.api, max_body=server.max_body, token=token)
@@ -256,7 +286,9 @@ class Daemon:
 
     def _build(self, config: Config) -> Built:
         return build_runtime(config, self.store, self.base_url, int(time.time()),
-                             own_cps=own_url(self.http_address))  # fmt: skip
+                             own_cps=own_url(self.http_address),
+                             replay_store=self.replay_store,
+                             replay_stats=self.replay_stats)  # fmt: skip
 
     def _kamailio(self) -> KamailioRpc | None:
         """Kamailio's jsonrpcs, probed periodically for /healthz (and used by the dialog

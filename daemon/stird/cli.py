@@ -44,7 +44,7 @@ from stird.core.identity import parse_identity
 from stird.core.passport import Attest, Ppt, decode_json
 from stird.core.sign import SignRequest, sign_request
 from stird.core.tn import parse_cli_id
-from stird.core.verdict import Credential, SipFacts, VerifyPolicy
+from stird.core.verdict import Credential, SipFacts, Trust, VerifyPolicy
 from stird.core.verify import credential_uris
 from stird.exposure import check_exposure, load_token
 from stird.services.certcache import CertificateCache
@@ -142,7 +142,8 @@ def _credentials(args: argparse.Namespace, facts: SipFacts) -> dict[str, Credent
     anchors = [c for path in args.trust_anchor for c in keys.load_certs(Path(path))]
     if args.cert:
         chain = keys.load_certs(Path(args.cert))
-        cred = Credential(chain=chain, pinned=not anchors)
+        # named on the command line: the operator's own anchor unless anchors are given
+        cred = Credential(chain=chain, trust=None if anchors else Trust.ANCHOR)
         return dict.fromkeys(credential_uris(facts), cred)
     found: dict[str, Credential | StirError] = {}
     for uri in credential_uris(facts):

@@ -70,6 +70,9 @@ class VerifyConfig:
     pins: tuple[str, ...] = ()
     tofu: bool = True
     replay: bool = True
+    replay_peak_rate: int = 2000  # PASSporTs/s the replay cache holds for a whole window
+    replay_overflow: str = "refuse"  # refuse (503) | unchecked, when it is full anyway
+    require_call_id: bool = False  # a verify request without call_id is 400
     default_region: str | None = "US"
     fetch_timeout: float = 2.0
     deadline: float = 3.0
@@ -250,6 +253,8 @@ _VERIFY: dict[str, Check] = {
     "on_failure": _one_of("reject", "continue", "continue-with-reason"),
     "min_attest": _one_of("A", "B", "C"), "trust_anchors": _paths, "pins": _strings,
     "tofu": _typed(bool), "replay": _typed(bool), "default_region": _typed(str),
+    "replay_peak_rate": _positive, "replay_overflow": _one_of("refuse", "unchecked"),
+    "require_call_id": _typed(bool),
     "fetch_timeout": _positive, "deadline": _positive, "allow_http": _typed(bool),
     "allow_networks": _networks, "allow_hosts": _strings,
 }  # fmt: skip

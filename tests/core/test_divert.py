@@ -10,7 +10,7 @@ from stird.core import certs
 from stird.core.identity import IdentityHeader
 from stird.core.passport import Claims, Dest, PassportHeader, Ppt, sign
 from stird.core.tn import IdKind, PartyId
-from stird.core.verdict import Credential, SipFacts, Verdict, VerifyPolicy
+from stird.core.verdict import Credential, SipFacts, Trust, Verdict, VerifyPolicy
 from stird.core.verify import verify_request
 from tests.core import vectors as v
 
@@ -38,7 +38,10 @@ def creds(
 ) -> dict[str, Credential]:
     a = certs.make_stir_cert(keys[0], now=NOW - 3600, tns=[A])
     b = certs.make_stir_cert(keys[1], now=NOW - 3600, tns=div_tns)
-    return {ORIG_URL: Credential((a,), pinned=True), DIV_URL: Credential((b,), pinned=True)}
+    return {
+        ORIG_URL: Credential((a,), trust=Trust.ANCHOR),
+        DIV_URL: Credential((b,), trust=Trust.ANCHOR),
+    }
 
 
 def facts(*identity: str) -> SipFacts:
@@ -96,7 +99,7 @@ def test_rfc8946_vectors_do_not_link_because_of_the_rfc_typo() -> None:
         from_="<tel:+12155551212>", to="<tel:+12155551213>", ruri="tel:+12155551214",
     )  # fmt: skip
     result = verify_request(
-        request, {url: Credential((cert,), pinned=True)}, VerifyPolicy(), 1443208350
+        request, {url: Credential((cert,), trust=Trust.ANCHOR)}, VerifyPolicy(), 1443208350
     )
     assert result.verdict is Verdict.VALID  # the original PASSporT stands on its own
     assert result.passports[0].valid

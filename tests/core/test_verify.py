@@ -17,7 +17,7 @@ from stird.core.passport import Ppt
 from stird.core.sign import SignRequest, sign_request
 from stird.core.sipdate import format_sip_date
 from stird.core.tn import IdKind, PartyId
-from stird.core.verdict import Credential, SipFacts, Verdict, VerifyPolicy
+from stird.core.verdict import Credential, SipFacts, Trust, Verdict, VerifyPolicy
 from stird.core.verify import credential_uris, verify_request
 
 NOW = 1_790_000_000
@@ -85,7 +85,7 @@ def facts(*values: str, **kw: object) -> SipFacts:
 
 
 def pinned(pki: Pki) -> dict[str, Credential | StirError]:
-    return {X5U: Credential((pki.cert,), pinned=True)}
+    return {X5U: Credential((pki.cert,), trust=Trust.ANCHOR)}
 
 
 POLICY = VerifyPolicy()
@@ -132,7 +132,7 @@ Creds = Callable[[Pki], dict[str, Credential | StirError]]
 
 def _expired(pki: Pki) -> dict[str, Credential | StirError]:
     old = certs.make_stir_cert(pki.key, now=NOW - 10 * 86400, days=1, tns=[ORIG])
-    return {X5U: Credential((old,), pinned=True)}
+    return {X5U: Credential((old,), trust=Trust.ANCHOR)}
 
 
 def _unfetchable(_: Pki) -> dict[str, Credential | StirError]:
@@ -274,7 +274,7 @@ def test_pai_may_carry_the_caller(pki: Pki) -> None:
 
 def test_header_json_shape(pki: Pki) -> None:
     out = verify_request(facts(identity(pki)), pinned(pki), POLICY, NOW).to_json()
-    assert set(out) == {"verdict", "code", "reason", "detail", "attest", "passports"}
+    assert set(out) == {"verdict", "code", "reason", "detail", "attest", "trust", "passports"}
     assert out["passports"][0]["orig"] == {"tn": ORIG}
     assert out["passports"][0]["failed_check"] is None
     assert isinstance(IdentityHeader("a", "b").format(), str)

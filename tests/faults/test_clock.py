@@ -21,7 +21,7 @@ from cryptography import x509
 from stird.adapters import keyfiles
 from stird.adapters.store_memory import MemoryStore
 from stird.core.errors import Check, SipStatus, StirError
-from stird.core.verdict import Credential, SipFacts
+from stird.core.verdict import Credential, SipFacts, Trust
 from stird.services.certcache import CacheStats, CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import FetchedCredential
@@ -60,7 +60,7 @@ class Stack:
 
 
 def _pinned(chain: tuple[x509.Certificate, ...]) -> Credential:
-    return Credential(chain, pinned=True)
+    return Credential(chain, trust=Trust.ANCHOR)
 
 
 @pytest.mark.parametrize("jump", [2 * HOUR, -2 * HOUR], ids=["forward", "back"])

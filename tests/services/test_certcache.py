@@ -100,7 +100,7 @@ async def test_single_flight_for_100_concurrent_callers(
     results = await asyncio.gather(*tasks)
     assert fetcher.calls == 1
     assert all(r is results[0] for r in results)
-    assert results[0].chain == CHAIN and results[0].pinned is False
+    assert results[0].chain == CHAIN and results[0].trust is None
     assert (cache.stats.misses, cache.stats.fetches) == (100, 1)
 
 
@@ -302,7 +302,7 @@ async def test_pin_never_expires(fetcher: FakeFetcher, clock: FakeClock) -> None
     cache.pin(URL, OTHER)
     clock.now += 10 * 365 * 86400
     cred = await cache.credential(URL)
-    assert cred.pinned and cred.chain == OTHER and fetcher.calls == 1
+    assert cred.trust == "anchor" and cred.chain == OTHER and fetcher.calls == 1
     with pytest.raises(ValueError, match="empty"):
         cache.pin(URL, ())
 
@@ -332,7 +332,7 @@ async def test_two_instances_share_through_redis(
     second = CertificateCache(two, shared=redis_store, clock=clock)
     await first.credential(URL)
     cred = await second.credential(URL)
-    assert cred.chain == CHAIN and not cred.pinned
+    assert cred.chain == CHAIN and cred.trust is None
     assert (one.calls, two.calls) == (1, 0)
     assert second.stats.shared_hits == 1 and second.stats.shared_errors == 0
     await second.credential(URL)  # now from L1

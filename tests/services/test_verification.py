@@ -16,7 +16,7 @@ from stird.core.passport import Ppt
 from stird.core.sign import SignRequest, sign_request
 from stird.core.sipdate import format_sip_date
 from stird.core.tn import IdKind, PartyId
-from stird.core.verdict import Credential, SipFacts, VerifyPolicy
+from stird.core.verdict import Credential, SipFacts, Trust, VerifyPolicy
 from stird.services.verdicts import Action, OnFailure, Role, ServicePolicy, Verstat
 from stird.services.verification import (
     VerificationService,
@@ -128,7 +128,7 @@ def service(
 
 
 def pinned(keys: Keys) -> dict[str, Credential | StirError]:
-    return {X5U: Credential((keys.cert,), pinned=True)}
+    return {X5U: Credential((keys.cert,), trust=Trust.ANCHOR)}
 
 
 async def test_valid_msec(keys: Keys) -> None:
@@ -233,7 +233,7 @@ async def test_replay_entries_are_compact(keys: Keys) -> None:
 
 
 def test_replay_key_and_value_separate_inputs() -> None:
-    keys = {replay_key(f"a.b.{i}") for i in range(1000)}
+    keys = {replay_key(i.to_bytes(16, "big")) for i in range(1000)}
     assert len(keys) == 1000 and all(k.isascii() and len(k) == 29 for k in keys)
     assert replay_value("a@x") != replay_value("b@x")
 

@@ -26,7 +26,7 @@ from stird.adapters import enckeys, keyfiles
 from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_server import build_cps_app
 from stird.adapters.store_memory import MemoryStore
-from stird.app import Daemon
+from stird.app import Daemon, ensure_dev_credential
 from stird.config import Config, ConfigError, HostPort, OobConfig, VerifyConfig, parse_config
 from stird.core.oobkeys import PublicationPolicy
 from stird.cps_app import build_cps, ensure_dev_enc_key, run_cps
@@ -46,11 +46,13 @@ def numbers() -> tuple[str, str]:
     return f"+1202{n}", f"+1303{n}"
 
 
-def config(tmp: Path, name: str = "a", agi: bool = False, **oob: Any) -> Config:
+def config(
+    tmp: Path, name: str = "a", agi: bool = False, anchors: tuple[Path, ...] = (), **oob: Any
+) -> Config:
     server = replace(Config().server, http=HostPort("127.0.0.1", 0), jsonrpc=None,
                      agi=HostPort("127.0.0.1", 0) if agi else None,
                      state_dir=tmp / name)  # fmt: skip
-    verify = VerifyConfig(allow_http=True, allow_networks=("127.0.0.0/8",))
+    verify = VerifyConfig(allow_http=True, allow_networks=("127.0.0.0/8",), trust_anchors=anchors)
     return Config(server=server, verify=verify, oob=OobConfig(**oob))
 
 
@@ -142,10 +144,13 @@ async def test_two_cps_servers_share_one_redis_for_two_daemons(
     shared = tmp_path / "cps"
     one, two = build_cps(Config(), shared, redis_url), build_cps(Config(), shared, redis_url)
     key = shared / "dev" / "enc-private.jwk"
+    # b trusts a's (self-signed) development credential as an anchor: shaken PASSporTs
+    # are never trusted on first use (issue #16)
+    _, a_cert = ensure_dev_credential(tmp_path / "a", int(time.time()))
     try:
         async with serving(one.app) as cps1, serving(two.app) as cps2:
             a = config(tmp_path, "a", cps=cps1, **LAB)
-            b = config(tmp_path, "b", cps=cps2, decryption_keys=[key], **LAB)
+            b = config(tmp_path, "b", anchors=(a_cert,), cps=cps2, decryption_keys=[key], **LAB)
             async with running(a) as (_, base_a), running(b) as (_, base_b):
                 signed = await sign(base_a, caller, callee, oob=True)
                 assert signed["oob"]["stored"] and signed["oob"]["cps"] == cps1

@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from stird.services.certcache import CacheStats
+from stird.services.verification import ReplayStats
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -42,6 +43,29 @@ class _FallbackCollector(Collector):
         )
 
 
+class _ReplayCollector(Collector):
+    """RFC 8224 §12.1 replay checking: PASSporTs checked, refused, and skipped by reason."""
+
+    def __init__(self, stats: Callable[[], ReplayStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        stats = self._stats()
+        if stats is None:
+            return
+        family = CounterMetricFamily(
+            "stird_replay_checks",
+            "Valid PASSporTs by replay check: checked, replayed (refused), or unchecked "
+            "and why (disabled, no-call-id, store-full, store-unavailable)",
+            labels=["result", "reason"],
+        )
+        family.add_metric(["checked", ""], float(stats.checked))
+        family.add_metric(["replayed", ""], float(stats.replayed))
+        for reason in ("disabled", "no-call-id", "store-full", "store-unavailable"):
+            family.add_metric(["unchecked", reason], float((stats.unchecked or {}).get(reason, 0)))
+        yield family
+
+
 _MAX_CHILDREN = 1024
 
 
@@ -73,6 +97,10 @@ class Metrics:
 
     def watch_cache(self, stats: Callable[[], CacheStats | None]) -> None:
         self.registry.register(_CacheCollector(stats))
+
+    def watch_replay(self, stats: Callable[[], ReplayStats | None]) -> None:
+        """``stird_replay_checks_total{result,reason}`` from the current verifier."""
+        self.registry.register(_ReplayCollector(stats))
 
     def watch_store(self, fallbacks: Callable[[], int]) -> None:
         """``stird_store_fallback_total`` from ``FallbackStore.failures``."""

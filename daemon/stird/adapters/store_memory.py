@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 
 from stird.services.ports import Clock, system_clock
+from stird.services.stores import StoreFull
 
 MIN_TTL = 0.001  # same floor as Redis PX (1 ms)
 _COMPACT_SLACK = 64  # rebuild the heap once stale heap items outnumber live entries
@@ -23,12 +24,19 @@ _Entry = tuple[float, str, bytes]  # (expiry, key, value)
 
 
 class MemoryStore:
-    """A bounded key-value store with per-entry time to live (single process only)."""
+    """A bounded key-value store with per-entry time to live (single process only).
 
-    def __init__(self, max_entries: int = 100_000, clock: Clock = system_clock) -> None:
+    When full, a new key evicts the live entry that expires soonest — or, with
+    ``evict=False`` (the replay cache, whose entries must outlive their window: an
+    evicted entry is a replay accepted), raises :class:`StoreFull` and stores nothing."""
+
+    def __init__(
+        self, max_entries: int = 100_000, clock: Clock = system_clock, *, evict: bool = True
+    ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._max = max_entries
+        self._evict = evict
         self._clock = clock
         self._data: dict[str, _Entry] = {}  # key → (expiry, key, value)
         self._heap: list[_Entry] = []  # the same tuples by expiry; may hold stale ones
@@ -63,6 +71,8 @@ class MemoryStore:
         now = self._clock()
         self._purge(now)
         if key not in self._data and len(self._data) >= self._max:
+            if not self._evict:
+                raise StoreFull(f"{self._max} live entries")
             self._evict_one()
         item = (now + max(ttl, MIN_TTL), key, value)
         self._data[key] = item

@@ -16,9 +16,9 @@ from typing import Self, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
-from stird.services.stores import StoreUnavailable
+from stird.services.stores import StoreFull, StoreUnavailable
 
 _T = TypeVar("_T")
 
@@ -60,6 +60,10 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 return await operation
+        except ResponseError as exc:
+            if str(exc).startswith("OOM"):  # maxmemory reached under noeviction: not stored
+                raise StoreFull(f"redis: {exc}") from exc
+            raise StoreUnavailable(f"redis: ResponseError: {exc}") from exc
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 

@@ -7,6 +7,7 @@ RFC 8225 §6 (JWS compact serialisation), §9 (deterministic JSON), RFC 7518 §3
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 import re
 from typing import Any
@@ -138,11 +139,28 @@ def strict_json_object(data: bytes, what: str) -> dict[str, Any]:
 
 
 _VERIFYING = ec.ECDSA(hashes.SHA256())  # shared: the algorithm objects hold no state
-try:  # RFC 8225 §4.2: ES256 signers SHOULD use deterministic ECDSA (RFC 6979).
-    _SIGNING: ec.ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
-    ec.generate_private_key(ec.SECP256R1()).sign(b"probe", _SIGNING)
-except Exception:  # pragma: no cover - OpenSSL < 3.2
-    _SIGNING = ec.ECDSA(hashes.SHA256())
+#: Randomised ECDSA (a fresh nonce per signature), not RFC 6979: two real calls with the
+#: same claims in the same second (redial, trunk failover) must not carry byte-identical
+#: PASSporTs, or the second would be refused as a replay of the first (issue #16).
+_SIGNING = ec.ECDSA(hashes.SHA256())
+
+#: The order of the P-256 group (SEC 2 §2.4.2; FIPS 186-4 D.1.2.3).
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def signature_id(signature: bytes) -> bytes:
+    """A digest that every valid form of one ES256 signature shares: SHA-256 over r and
+    the low s (min(s, n − s)), 128 bits.
+
+    ECDSA is malleable: when (r, s) verifies, so does (r, n − s) — anyone who has seen
+    one signature can make the other without the key. Keying the replay cache on this
+    digest (RFC 8224 §12.1) makes a malleated copy the same PASSporT as its original;
+    the R||S encoding itself is fixed-width, so there is no other encoding to vary."""
+    half = len(signature) // 2
+    r = signature[:half]
+    s = int.from_bytes(signature[half:], "big")
+    low = min(s, P256_N - s) if 0 < s < P256_N else s
+    return hashlib.sha256(r + low.to_bytes(half, "big")).digest()[:16]
 
 
 def _octets(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> int:

@@ -20,6 +20,24 @@ class Verdict(enum.StrEnum):
     UNSUPPORTED = "unsupported"  # only Identity headers with a ppt stird does not support
 
 
+class Trust(enum.StrEnum):
+    """How the credential behind a valid PASSporT came to be trusted (the trust model).
+
+    ``ANCHOR``: the chain ends at a configured trust anchor (or is stird's own credential)
+    — the certificate authority vouches that the signer holds the identities it covers
+    (RFC 8226 §9). ``PIN`` and ``TOFU``: a self-signed certificate accepted because its
+    SHA-256 is configured or was first seen for this caller — continuity, not ownership
+    of a number, and only for ``msec`` (RFC 8862 §4.1–4.2)."""
+
+    ANCHOR = "anchor"
+    PIN = "pin"
+    TOFU = "tofu"
+
+
+#: Best first: a request is as trusted as its best valid PASSporT.
+TRUST_ORDER = (Trust.ANCHOR, Trust.PIN, Trust.TOFU)
+
+
 class Form(enum.StrEnum):
     FULL = "full"
     COMPACT = "compact"
@@ -44,11 +62,13 @@ class SipFacts:
 class Credential:
     """A certificate chain (leaf first) obtained for an ``info`` URI.
 
-    ``pinned`` marks a credential trusted as it is — stird's own certificates, RFC 8862
-    §4.1 pins and trust-on-first-use — so it needs no path to an anchor."""
+    ``trust`` is set when the credential is trusted before any path validation:
+    ``ANCHOR`` for stird's own certificates (configured, never fetched), ``PIN``/``TOFU``
+    for self-signed SIPBRANDY credentials (RFC 8862 §4.1), which speak for ``msec``
+    PASSporTs only. None: the chain must lead to a configured trust anchor."""
 
     chain: tuple[x509.Certificate, ...]
-    pinned: bool = False
+    trust: Trust | None = None
 
 
 #: info URI → the credential, or the error met while obtaining it (436/437).
@@ -86,6 +106,8 @@ class PassportCheck:
     div: PartyId | None = None  # RFC 8946: the identity the call was diverted from
     signer: str | None = None
     compact: str | None = None  # "..sig", the RFC 9410 ppi of this header
+    trust: Trust | None = None  # how the credential was trusted (valid checks only)
+    replay_id: bytes | None = None  # the signature's malleability-free digest (valid only)
     error: StirError | None = None
 
     @property
@@ -108,6 +130,7 @@ class PassportCheck:
             "origid": self.origid,
             "div": self.div.claim() if self.div else None,
             "signer": self.signer,
+            "trust": self.trust.value if self.trust else None,
             "failed_check": err.check.value if err else None,
             "code": err.code if err else None,
             "reason": err.reason if err else None,
@@ -124,6 +147,12 @@ class Verification:
     detail: str | None
     passports: tuple[PassportCheck, ...]
     attest: str | None = None
+
+    @property
+    def trust(self) -> Trust | None:
+        """The best trust among the valid PASSporTs (None when none is valid)."""
+        found = {p.trust for p in self.passports if p.valid}
+        return next((t for t in TRUST_ORDER if t in found), None)
 
     @property
     def code(self) -> int | None:
@@ -144,5 +173,6 @@ class Verification:
             "reason": self.reason,
             "detail": self.detail,
             "attest": self.attest,
+            "trust": self.trust.value if self.trust else None,
             "passports": [p.to_json() for p in self.passports],
         }

@@ -1,8 +1,12 @@
 """The verification service's decision (RFC 8224 §6.2), sans I/O.
 
-The caller obtains the credentials named by :func:`credential_uris` (fetching, caching,
-pinning are the services layer's business), then :func:`verify_request` runs the §6.2
-steps on every Identity header and combines them per §6.2.1 and RFC 8862 §4.4.
+Two phases, so that nothing is fetched for a request that fails on its own text:
+:func:`prepare` runs every check that needs no certificate (syntax, ``alg``/``ppt``
+consistency, orig/dest against From/To/PAI, freshness, ``mky`` against the SDP); the
+caller obtains only the credentials of the PASSporTs that passed (:attr:`Prepared.uris`
+— fetching, caching and pinning are the services layer's business); then :func:`finish`
+establishes trust, checks signatures and authority, and combines the headers per
+§6.2.1 and RFC 8862 §4.4. :func:`verify_request` is both in one call.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from cryptography import x509
 from stird.core import certs
 from stird.core.errors import Check, SipStatus, StirError, invalid_header, invalid_passport
 from stird.core.identity import IdentityHeader, parse_identity
-from stird.core.jose import b64u_decode
-from stird.core.passport import Claims, Dest, Ppt, SignedPassport, decode, with_signature
+from stird.core.jose import b64u_decode, signature_id
+from stird.core.passport import (
+    ES256,
+    Claims,
+    Dest,
+    Ppt,
+    SignedPassport,
+    decode,
+    with_signature,
+)
 from stird.core.sdp import SdpKeys, mky_matches, parse_sdp_keys
 from stird.core.sipdate import parse_sip_date
 from stird.core.tn import PartyId, party_from_header, party_from_pai, party_from_uri
@@ -28,6 +40,7 @@ from stird.core.verdict import (
     Form,
     PassportCheck,
     SipFacts,
+    Trust,
     Verdict,
     Verification,
     VerifyPolicy,
@@ -76,7 +89,9 @@ def _parse_all(values: Iterable[str]) -> list[IdentityHeader | StirError]:
 
 
 def credential_uris(facts: SipFacts) -> tuple[str, ...]:
-    """The ``info`` URIs whose credentials verification will need, in order, unique."""
+    """Every ``info`` URI of the request's supported Identity headers, before any check
+    (for offline tools that load credentials from files; the verification service
+    obtains only :attr:`Prepared.uris`)."""
     uris: dict[str, None] = {}
     for item in _parse_all(facts.identity):
         if isinstance(item, IdentityHeader) and item.ppt in SUPPORTED_PPT:
@@ -104,7 +119,20 @@ def _passport(header: IdentityHeader, sig: _Signalling) -> SignedPassport:
         raise invalid_header("x5u does not match info (RFC 8224 §4.1)", Check.CREDENTIAL)
     if header.ppt is not None and header.ppt != sp.header.ppt:
         raise invalid_passport("Identity ppt differs from the PASSporT's ppt", Check.PPT)
+    if header.alg is not None and header.alg != sp.header.alg:
+        detail = f"Identity alg {header.alg!r} differs from the PASSporT's {sp.header.alg!r}"
+        raise invalid_header(detail + " (RFC 8224 §4.1)", Check.SIGNATURE)
     return sp
+
+
+def _check_alg(sp: SignedPassport) -> None:
+    """RFC 8224 §6.2.2: an algorithm the verifier does not support is 437."""
+    if sp.header.alg != ES256:
+        raise StirError(
+            SipStatus.UNSUPPORTED_CREDENTIAL,
+            f"unsupported alg {sp.header.alg!r} (stird verifies ES256)",
+            check=Check.SIGNATURE,
+        )
 
 
 def _check_parties(claims: Claims, sig: _Signalling) -> None:
@@ -145,16 +173,35 @@ def _credential(info: str, credentials: CredentialLookup) -> Credential:
     return found
 
 
-def _check_trust(cred: Credential, iat: int, policy: VerifyPolicy) -> None:
-    certs.check_signing_key(cred.chain[0])
-    if cred.pinned:
-        certs.check_validity(cred.chain[0], iat)
-        return
-    if not policy.anchors:
-        raise StirError(
-            SipStatus.UNSUPPORTED_CREDENTIAL, "no trust anchors configured", check=Check.TRUST
-        )
-    certs.validate_chain(cred.chain, policy.anchors, iat)
+def _establish_trust(cred: Credential, sp: SignedPassport, policy: VerifyPolicy) -> Trust:
+    """The trust model: a chain to a configured anchor (RFC 8226 §9, RFC 9060) speaks for
+    what its certificates cover; a self-signed credential trusted by a pin or on first
+    use (RFC 8862 §4.1) only for ``msec`` — continuity of the caller's keys, not
+    ownership of a number — so a ``shaken``, ``div`` or baseline PASSporT on one is 437."""
+    leaf, iat = cred.chain[0], sp.claims.iat
+    certs.check_signing_key(leaf)
+    if cred.trust is Trust.ANCHOR:  # stird's own, configured credential
+        certs.check_validity(leaf, iat)
+        return Trust.ANCHOR
+    try:
+        if not policy.anchors:
+            raise StirError(
+                SipStatus.UNSUPPORTED_CREDENTIAL, "no trust anchors configured", check=Check.TRUST
+            )
+        certs.validate_chain(cred.chain, policy.anchors, iat)
+    except StirError as exc:
+        if cred.trust is None:
+            raise
+        if sp.ppt != Ppt.MSEC:
+            detail = (
+                f"a self-signed credential trusted by {cred.trust.value} speaks only for msec "
+                f"(RFC 8862 §4.1); a {sp.ppt or 'baseline'} PASSporT needs a chain to a "
+                f"trust anchor ({exc.detail})"
+            )
+            raise StirError(SipStatus.UNSUPPORTED_CREDENTIAL, detail, check=Check.TRUST) from None
+        certs.check_validity(leaf, iat)
+        return cred.trust
+    return Trust.ANCHOR
 
 
 def _check_authority(sp: SignedPassport, cred: Credential, policy: VerifyPolicy) -> None:
@@ -192,26 +239,23 @@ def _check_extension(sp: SignedPassport, sig: _Signalling) -> None:
         raise invalid_passport("shaken attest must be A, B or C (RFC 8588 §4)")
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """Everything one request's headers are checked against."""
+def _check_offline(
+    header: IdentityHeader, sp: SignedPassport, sig: _Signalling, policy: VerifyPolicy, now: int
+) -> None:
+    """RFC 8224 §6.2 steps 2 and 4 and the extensions' rules: everything that needs no
+    certificate, so that a PASSporT failing here costs no fetch."""
+    _check_alg(sp)
+    _check_parties(sp.claims, sig)
+    _check_fresh(sp.claims.iat, sig, policy, now)
+    _check_extension(sp, sig)
 
-    sig: _Signalling
-    credentials: CredentialLookup
-    policy: VerifyPolicy
-    now: int
 
-
-def _check_one(header: IdentityHeader, sp: SignedPassport, ctx: _Context) -> Credential:
-    """RFC 8224 §6.2 steps 2–5 (and the extension's rules) on a decoded PASSporT."""
-    _check_parties(sp.claims, ctx.sig)
-    _check_fresh(sp.claims.iat, ctx.sig, ctx.policy, ctx.now)
-    cred = _credential(header.info, ctx.credentials)
-    _check_trust(cred, sp.claims.iat, ctx.policy)
+def _check_online(sp: SignedPassport, cred: Credential, policy: VerifyPolicy) -> Trust:
+    """RFC 8224 §6.2 steps 3 and 5 with the credential: trust, signature, authority."""
+    trust = _establish_trust(cred, sp, policy)
     sp.verify(certs.check_signing_key(cred.chain[0]))
-    _check_authority(sp, cred, ctx.policy)
-    _check_extension(sp, ctx.sig)
-    return cred
+    _check_authority(sp, cred, policy)
+    return trust
 
 
 @functools.lru_cache(maxsize=256)  # one per signing certificate seen: a pure function
@@ -224,7 +268,9 @@ def _result(
     header: IdentityHeader,
     sp: SignedPassport | None = None,
     cred: Credential | None = None,
+    *,
     error: StirError | None = None,
+    trust: Trust | None = None,
 ) -> PassportCheck:
     ppt = sp.ppt if sp is not None else header.ppt
     details: dict[str, Any] = {}
@@ -234,6 +280,8 @@ def _result(
         details.update(origid=c.origid, compact=sp.compact, div=c.div)
     if cred is not None:
         details["signer"] = _subject(cred.chain[0])
+    if sp is not None and trust is not None and error is None:
+        details.update(trust=trust, replay_id=signature_id(sp.signature))
     return PassportCheck(
         index=index,
         supported=ppt in SUPPORTED_PPT,
@@ -245,19 +293,83 @@ def _result(
     )
 
 
-def _check_header(index: int, header: IdentityHeader, ctx: _Context) -> PassportCheck:
-    """Run RFC 8224 §6.2 steps 1–5 on one Identity header."""
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An Identity header that passed every offline check and awaits its credential."""
+
+    index: int
+    header: IdentityHeader
+    passport: SignedPassport
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request after the offline checks: finished results and PASSporTs pending."""
+
+    facts: SipFacts
+    items: tuple[PassportCheck | _Pending, ...]
+    failure: StirError | None = None  # the SIP facts themselves did not parse
+
+    @property
+    def uris(self) -> tuple[str, ...]:
+        """The ``info`` URIs whose credentials :func:`finish` needs, in order, unique."""
+        return tuple(dict.fromkeys(i.header.info for i in self.items if isinstance(i, _Pending)))
+
+
+def _prepare_header(
+    index: int, header: IdentityHeader, sig: _Signalling, policy: VerifyPolicy, now: int
+) -> PassportCheck | _Pending:
     if header.ppt not in SUPPORTED_PPT:  # step 1: ignore unsupported ppt
         return _result(index, header)
     sp: SignedPassport | None = None
     try:
-        sp = _passport(header, ctx.sig)
+        sp = _passport(header, sig)
         if sp.ppt not in SUPPORTED_PPT:
             return _result(index, header, sp)
-        cred = _check_one(header, sp, ctx)
+        _check_offline(header, sp, sig, policy, now)
     except StirError as exc:
         return _result(index, header, sp, error=exc)
-    return _result(index, header, sp, cred)
+    return _Pending(index, header, sp)
+
+
+def prepare(facts: SipFacts, policy: VerifyPolicy, now: int) -> Prepared:
+    """RFC 8224 §6.2 up to the credential: parse the signalling and every Identity
+    header, and run the checks that need no certificate."""
+    try:
+        sig = _signalling(facts, policy)
+    except StirError as exc:
+        return Prepared(facts, (), exc)
+    items: list[PassportCheck | _Pending] = []
+    for index, item in enumerate(_parse_all(facts.identity)):
+        if isinstance(item, StirError):
+            items.append(PassportCheck(index=index, supported=True, error=item))
+        else:
+            items.append(_prepare_header(index, item, sig, policy, now))
+    return Prepared(facts, tuple(items))
+
+
+def _finish_one(
+    item: _Pending, credentials: CredentialLookup, policy: VerifyPolicy
+) -> PassportCheck:
+    cred: Credential | None = None
+    try:
+        cred = _credential(item.header.info, credentials)
+        trust = _check_online(item.passport, cred, policy)
+    except StirError as exc:
+        return _result(item.index, item.header, item.passport, cred, error=exc)
+    return _result(item.index, item.header, item.passport, cred, trust=trust)
+
+
+def finish(prepared: Prepared, credentials: CredentialLookup, policy: VerifyPolicy) -> Verification:
+    """RFC 8224 §6.2 steps 3 and 5 with the credentials obtained, then §6.2.1."""
+    if prepared.failure is not None:
+        exc = prepared.failure
+        return Verification(Verdict.INVALID, exc.status, exc.detail, ())
+    checks = [
+        _finish_one(item, credentials, policy) if isinstance(item, _Pending) else item
+        for item in prepared.items
+    ]
+    return decide(link_diversions(checks), prepared.facts, policy)
 
 
 def decide(checks: Sequence[PassportCheck], facts: SipFacts, policy: VerifyPolicy) -> Verification:
@@ -315,15 +427,4 @@ def verify_request(
     facts: SipFacts, credentials: CredentialLookup, policy: VerifyPolicy, now: int
 ) -> Verification:
     """Verify every Identity header of a request and decide (RFC 8224 §6.2)."""
-    try:
-        sig = _signalling(facts, policy)
-    except StirError as exc:
-        return Verification(Verdict.INVALID, exc.status, exc.detail, ())
-    ctx = _Context(sig, credentials, policy, now)
-    checks: list[PassportCheck] = []
-    for index, item in enumerate(_parse_all(facts.identity)):
-        if isinstance(item, StirError):
-            checks.append(PassportCheck(index=index, supported=True, error=item))
-        else:
-            checks.append(_check_header(index, item, ctx))
-    return decide(link_diversions(checks), facts, policy)
+    return finish(prepare(facts, policy, now), credentials, policy)

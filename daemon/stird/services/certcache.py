@@ -25,7 +25,7 @@ from cryptography import x509
 
 from stird.core.certs import cert_to_pem, load_pem_chain
 from stird.core.errors import Check, SipStatus, StirError
-from stird.core.verdict import Credential
+from stird.core.verdict import Credential, Trust
 from stird.services.ports import (
     CertificateFetcher,
     Clock,
@@ -145,7 +145,7 @@ class CertificateCache:
         """Serve ``chain`` for ``url`` forever as a pinned credential (stird's own certs)."""
         if not chain:
             raise ValueError("cannot pin an empty chain")
-        self._pins[url] = Credential(tuple(chain), pinned=True)
+        self._pins[url] = Credential(tuple(chain), trust=Trust.ANCHOR)
         self._l1.pop(url, None)
 
     async def credential(self, url: str) -> Credential:
@@ -260,7 +260,7 @@ class CertificateCache:
         not_after = chain[0].not_valid_after_utc.timestamp()
         fresh = min(now + lifetime, not_after)
         stale = min(fresh + policy.stale_ttl, not_after)
-        return _Entry(Credential(chain, pinned=False), None, fresh, stale, made=now)
+        return _Entry(Credential(chain), None, fresh, stale, made=now)
 
     async def _failed(self, url: str, error: StirError, fallback: _Entry | None) -> _Entry:
         self.stats.fetch_errors += 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from stird.services.ports import KeyValueStore
 
@@ -15,6 +17,18 @@ class StoreUnavailable(Exception):
     """The shared key-value store could not be reached, timed out or answered an error.
 
     Services treat it as "no shared state right now" and carry on locally."""
+
+
+class StoreFull(Exception):
+    """A bounded store that never evicts a live entry (the replay cache) is at its bound:
+    nothing was stored. The caller decides what that means (RFC 8224 §12.1 replay
+    checking cannot be done for this request)."""
+
+
+@dataclass
+class _Health:
+    down_until: float = 0.0
+    failures: int = 0
 
 
 class FallbackStore:
@@ -33,15 +47,25 @@ class FallbackStore:
     ) -> None:
         self._shared, self._local = shared, local
         self._backoff, self._clock = backoff, clock
-        self._down_until = 0.0
-        self.failures = 0
+        self._health = _Health()
+
+    @property
+    def failures(self) -> int:
+        return self._health.failures
+
+    def beside(self, local: KeyValueStore) -> FallbackStore:
+        """The same shared store (and its health: one outage, one backoff, one count)
+        with another local store behind it — e.g. the replay cache's non-evicting one."""
+        sibling = FallbackStore(self._shared, local, backoff=self._backoff, clock=self._clock)
+        sibling._health = self._health
+        return sibling
 
     def _use_shared(self) -> bool:
-        return self._clock() >= self._down_until
+        return self._clock() >= self._health.down_until
 
     def _failed(self) -> None:
-        self.failures += 1
-        self._down_until = self._clock() + self._backoff
+        self._health.failures += 1
+        self._health.down_until = self._clock() + self._backoff
         log.warning("shared store unavailable; using the local store for %.0f s", self._backoff)
 
     async def get(self, key: str) -> bytes | None:
@@ -53,7 +77,7 @@ class FallbackStore:
         return await self._local.get(key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        await self._local.set(key, value, ttl)
+        await self._mirror(key, value, ttl)
         if self._use_shared():
             try:
                 await self._shared.set(key, value, ttl)
@@ -68,9 +92,15 @@ class FallbackStore:
                 self._failed()
             else:
                 if stored:
-                    await self._local.set(key, value, ttl)
+                    await self._mirror(key, value, ttl)
                 return stored
         return await self._local.add(key, value, ttl)
+
+    async def _mirror(self, key: str, value: bytes, ttl: float) -> None:
+        """Keep a local copy of what the shared store took, for when it goes away; a full
+        local store only loses the copy (the shared store holds the entry)."""
+        with contextlib.suppress(StoreFull):
+            await self._local.set(key, value, ttl)
 
     async def delete(self, key: str) -> None:
         await self._local.delete(key)

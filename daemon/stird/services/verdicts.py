@@ -13,7 +13,7 @@ from typing import Any
 
 from stird.core.errors import Check, SipStatus
 from stird.core.passport import Ppt
-from stird.core.verdict import PassportCheck, Verdict, Verification, VerifyPolicy
+from stird.core.verdict import PassportCheck, Trust, Verdict, Verification, VerifyPolicy
 
 
 class Role(enum.StrEnum):
@@ -40,6 +40,25 @@ class Verstat(enum.StrEnum):
     NONE = "No-TN-Validation"
 
 
+class ReplayOverflow(enum.StrEnum):
+    """What a verification does when the replay cache cannot record its PASSporTs."""
+
+    REFUSE = "refuse"  # 503: the PBX applies its fail policy
+    UNCHECKED = "unchecked"  # go on; the verdict says "replay": "unchecked"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStatus:
+    """Whether the RFC 8224 §12.1 replay check ran over the request's valid PASSporTs;
+    ``reason`` says why not (disabled, no-call-id, store-full, store-unavailable)."""
+
+    checked: bool
+    reason: str | None = None
+
+    def to_json(self) -> str:
+        return "checked" if self.checked else "unchecked"
+
+
 _VERSTAT = {
     Verdict.VALID: Verstat.PASSED,
     Verdict.INVALID: Verstat.FAILED,
@@ -59,6 +78,8 @@ class ServicePolicy:
     tofu: bool = True  # trust-on-first-use for self-signed msec credentials (RFC 8862 §4.1)
     pins: frozenset[str] = frozenset()  # SHA-256 fingerprints (hex) of trusted certificates
     replay: bool = True  # refuse a PASSporT seen before for another Call-ID (RFC 8224 §12.1)
+    replay_overflow: ReplayOverflow = ReplayOverflow.REFUSE  # the replay cache is full
+    require_call_id: bool = False  # a request without call_id is 400, not unchecked
     deadline: float = 3.0  # seconds for obtaining every credential of one request
 
 
@@ -75,6 +96,8 @@ class CallVerdict:
     detail: str | None
     passports: tuple[PassportCheck, ...]
     out_of_band: bool = False
+    trust: Trust | None = None  # how the best valid PASSporT's credential was trusted
+    replay: ReplayStatus | None = None  # None: no valid PASSporT to check
 
     @property
     def code(self) -> int | None:
@@ -108,6 +131,9 @@ class CallVerdict:
             "detail": self.detail,
             "failed_check": self.failed_check,
             "oob": self.out_of_band,
+            "trust": self.trust.value if self.trust else None,
+            "replay": self.replay.to_json() if self.replay else None,
+            "replay_unchecked": self.replay.reason if self.replay else None,
             "passports": [p.to_json() for p in self.passports],
         }
 
@@ -157,7 +183,12 @@ def _action_for_invalid(
 
 
 def to_call_verdict(
-    result: Verification, policy: ServicePolicy, *, dialog_forming: bool, out_of_band: bool = False
+    result: Verification,
+    policy: ServicePolicy,
+    *,
+    dialog_forming: bool,
+    out_of_band: bool = False,
+    replay: ReplayStatus | None = None,
 ) -> CallVerdict:
     """Apply role and policy to the core's decision."""
     verstat = _VERSTAT[result.verdict]
@@ -165,7 +196,9 @@ def to_call_verdict(
     reasons = _stir_reasons(result)
     if result.verdict is Verdict.VALID:
         action = Action.CONTINUE
-        if policy.min_attest and result.attest and result.attest > policy.min_attest:
+        if result.trust is not Trust.ANCHOR:  # pin/TOFU: continuity, not the number
+            verstat = Verstat.NONE
+        elif policy.min_attest and result.attest and result.attest > policy.min_attest:
             verstat = Verstat.NONE
             detail = f"attestation {result.attest} is below the minimum {policy.min_attest}"
     elif result.verdict is Verdict.INVALID:
@@ -186,4 +219,6 @@ def to_call_verdict(
         detail=detail,
         passports=result.passports,
         out_of_band=out_of_band,
+        trust=result.trust,
+        replay=replay,
     )

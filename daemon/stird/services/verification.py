@@ -1,9 +1,10 @@
 """The verification service (RFC 8224 §6.2) for one call's SIP facts.
 
-Obtains every credential the Identity headers name (concurrently, under one deadline),
-applies explicit pins and trust on first use for self-signed SIPBRANDY credentials
-(RFC 8862 §4.1), runs the sans-I/O decision of :mod:`stird.core.verify`, refuses
-replayed PASSporTs (RFC 8224 §12.1), and turns the outcome into a :class:`CallVerdict`.
+Runs the offline checks first (:func:`stird.core.verify.prepare`) and obtains only the
+credentials of the PASSporTs that passed them (concurrently, under one deadline); applies
+explicit pins and trust on first use to self-signed credentials (RFC 8862 §4.1: they speak
+for ``msec`` only, which the core enforces); finishes the decision in the core; refuses
+replayed PASSporTs (RFC 8224 §12.1); and turns the outcome into a :class:`CallVerdict`.
 """
 
 from __future__ import annotations
@@ -11,22 +12,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from dataclasses import replace
+import logging
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
-from stird.core.errors import Check, SipStatus, StirError
+from stird.core.errors import Check, SipStatus, StirError, bad_request
 from stird.core.passport import Ppt
 from stird.core.tn import party_from_header
-from stird.core.verdict import Credential, PassportCheck, SipFacts, Verdict
-from stird.core.verify import credential_uris, decide, link_diversions, verify_request
+from stird.core.verdict import Credential, PassportCheck, SipFacts, Trust, Verdict
+from stird.core.verify import decide, finish, link_diversions, prepare
 from stird.services.ports import Clock, CredentialProvider, KeyValueStore, system_clock
-from stird.services.stores import StoreUnavailable
-from stird.services.verdicts import CallVerdict, ServicePolicy, to_call_verdict
+from stird.services.stores import StoreFull, StoreUnavailable
+from stird.services.verdicts import (
+    CallVerdict,
+    ReplayOverflow,
+    ReplayStatus,
+    ServicePolicy,
+    to_call_verdict,
+)
+
+log = logging.getLogger(__name__)
 
 Lookup = dict[str, Credential | StirError]
+#: TOFU candidates: info URL → (pin key, certificate fingerprint).
+Candidates = dict[str, tuple[str, str]]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -48,26 +60,38 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _digest16(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()[:16]
+def replay_key(replay_id: bytes) -> str:
+    """The replay-cache key of a PASSporT: its signature's malleability-free digest
+    (:func:`stird.core.jose.signature_id`, 128 bits), base64url (29 characters).
 
-
-def replay_key(compact: str) -> str:
-    """The replay-cache key of a PASSporT: 128 bits of its SHA-256, base64url (29 chars).
-
-    Short because the in-memory cache holds up to 100,000 of them; its entries live only
-    for the freshness window, so the format can change between releases."""
-    return "replay:" + base64.urlsafe_b64encode(_digest16(compact.encode())).decode()[:22]
+    Short because the in-memory cache holds up to a peak rate × window of them; entries
+    live only for the freshness window, so the format can change between releases."""
+    return "replay:" + base64.urlsafe_b64encode(replay_id).decode()[:22]
 
 
 def replay_value(call_id: str) -> bytes:
     """What the replay cache remembers of a Call-ID: 128 bits of its SHA-256 (a fixed
     16 bytes per entry, however long the peer's Call-ID)."""
-    return _digest16(call_id.encode())
+    return hashlib.sha256(call_id.encode()).digest()[:16]
+
+
+@dataclass
+class ReplayStats:
+    """Counters for metrics: PASSporTs checked, replays refused, checks skipped by reason."""
+
+    checked: int = 0
+    replayed: int = 0
+    unchecked: dict[str, int] | None = None
+
+    def skip(self, reason: str, count: int = 1) -> None:
+        if self.unchecked is None:
+            self.unchecked = {}
+        self.unchecked[reason] = self.unchecked.get(reason, 0) + count
 
 
 class VerificationService:
-    """Verify inbound requests; shared state (pins, replay) lives in a KeyValueStore."""
+    """Verify inbound requests; pins live in ``store``, replay entries in ``replay_store``
+    (a store that never evicts a live entry; ``store`` when not given)."""
 
     def __init__(
         self,
@@ -76,25 +100,36 @@ class VerificationService:
         policy: ServicePolicy,
         *,
         clock: Clock = system_clock,
+        replay_store: KeyValueStore | None = None,
+        replay_stats: ReplayStats | None = None,
     ) -> None:
         self._credentials = credentials
         self._store = store
+        self._replay_store = replay_store if replay_store is not None else store
         self.policy = policy
         self._clock = clock
+        self.replay_stats = replay_stats if replay_stats is not None else ReplayStats()
+        self._full_logged = False
 
     async def verify(self, facts: SipFacts, *, deadline: float | None = None) -> CallVerdict:
         """Verify one request; ``deadline`` (seconds) can only shorten the policy's."""
+        if self.policy.require_call_id and not facts.call_id:
+            raise bad_request("call_id is required ([verify] require_call_id)")
         now = int(self._clock())
         limit = min(self.policy.deadline, deadline or self.policy.deadline)
-        lookup = await self._obtain(credential_uris(facts), limit)
+        prepared = prepare(facts, self.policy.verify, now)
+        lookup = await self._obtain(prepared.uris, limit)
         tofu = await self._apply_pins(facts, lookup)
-        result = verify_request(facts, lookup, self.policy.verify, now)
+        result = finish(prepared, lookup, self.policy.verify)
+        replay: ReplayStatus | None = None
         if result.verdict is Verdict.VALID or result.failed:
-            checks = await self._refuse_replays(result.passports, facts)
+            checks, replay = await self._refuse_replays(result.passports, facts)
             result = decide(link_diversions(checks), facts, self.policy.verify)
         if result.verdict is Verdict.VALID and tofu:
             await self._remember(tofu, result.passports)
-        return to_call_verdict(result, self.policy, dialog_forming=facts.dialog_forming)
+        return to_call_verdict(
+            result, self.policy, dialog_forming=facts.dialog_forming, replay=replay
+        )
 
     async def _one(self, url: str) -> Credential | StirError:
         try:
@@ -122,26 +157,29 @@ class VerificationService:
                 )
         return lookup
 
-    async def _apply_pins(self, facts: SipFacts, lookup: Lookup) -> dict[str, str]:
-        """Mark self-signed credentials trusted by an explicit pin or by TOFU.
+    async def _apply_pins(self, facts: SipFacts, lookup: Lookup) -> Candidates:
+        """Mark self-signed credentials trusted by an explicit pin (``PIN``) or on first
+        use for this caller (``TOFU``); the core accepts either for ``msec`` only.
 
-        Returns the TOFU candidates (pin key → fingerprint) to remember once the
-        request verifies; a TOFU pin is never recorded for a request that fails."""
-        candidates: dict[str, str] = {}
+        Returns the TOFU candidates to remember once their PASSporT verifies; a TOFU pin
+        is never recorded for a request that fails, nor for a non-msec PASSporT."""
+        candidates: Candidates = {}
         caller = self._caller(facts)
         for url, found in lookup.items():
-            if isinstance(found, StirError) or found.pinned or not _self_signed(found.chain[0]):
+            if isinstance(found, StirError) or found.trust is not None:
+                continue
+            if not _self_signed(found.chain[0]):
                 continue
             print_ = fingerprint(found.chain[0])
             if print_ in self.policy.pins:
-                lookup[url] = replace(found, pinned=True)
+                lookup[url] = replace(found, trust=Trust.PIN)
             elif self.policy.tofu and caller is not None:
                 key = "pin:" + _key(caller)
                 known = await self._get(key)
                 if known is None:
-                    candidates[key] = print_
+                    candidates[url] = (key, print_)
                 if known is None or known == print_.encode():
-                    lookup[url] = replace(found, pinned=True)
+                    lookup[url] = replace(found, trust=Trust.TOFU)
         return candidates
 
     def _caller(self, facts: SipFacts) -> str | None:
@@ -153,33 +191,90 @@ class VerificationService:
             return None
         return f"{party.kind}:{party.value}"
 
-    async def _remember(self, tofu: dict[str, str], checks: tuple[PassportCheck, ...]) -> None:
-        if not any(c.valid and c.ppt == Ppt.MSEC for c in checks):
-            return  # TOFU is for SIPBRANDY (msec) credentials only
-        for key, print_ in tofu.items():
-            await self._add(key, print_.encode(), 365 * 86400.0)
+    async def _remember(self, tofu: Candidates, checks: tuple[PassportCheck, ...]) -> None:
+        """Pin the credential of each valid msec PASSporT that was trusted on first use."""
+        for check in checks:
+            if not (check.valid and check.ppt == Ppt.MSEC and check.trust is Trust.TOFU):
+                continue
+            found = tofu.get(check.info or "")
+            if found is not None:
+                key, print_ = found
+                await self._add(self._store, key, print_.encode(), 365 * 86400.0)
 
     async def _refuse_replays(
         self, checks: tuple[PassportCheck, ...], facts: SipFacts
-    ) -> list[PassportCheck]:
-        """RFC 8224 §12.1: a PASSporT seen for another Call-ID inside the window."""
-        if not self.policy.replay or not facts.call_id:
-            return list(checks)
-        return [await self._replay_check(check, replay_value(facts.call_id)) for check in checks]
+    ) -> tuple[list[PassportCheck], ReplayStatus | None]:
+        """RFC 8224 §12.1: a PASSporT seen for another Call-ID inside the window is refused;
+        the same Call-ID again (a retry after 401/407, a retransmission) is not."""
+        to_check = [c for c in checks if c.valid and c.replay_id is not None]
+        if not to_check:
+            return list(checks), None
+        reason = "disabled" if not self.policy.replay else None
+        if reason is None and not facts.call_id:
+            reason = "no-call-id"
+        if reason is not None:
+            self.replay_stats.skip(reason, len(to_check))
+            return list(checks), ReplayStatus(False, reason)
+        call_id = replay_value(facts.call_id or "")
+        out: list[PassportCheck] = []
+        status = ReplayStatus(True)
+        for check in checks:
+            checked, outcome = await self._replay_check(check, call_id)
+            out.append(checked)
+            if outcome is not None:
+                status = outcome
+        return out, status
 
-    async def _replay_check(self, check: PassportCheck, call_id: bytes) -> PassportCheck:
-        if not check.valid or check.compact is None:
-            return check
+    async def _replay_check(
+        self, check: PassportCheck, call_id: bytes
+    ) -> tuple[PassportCheck, ReplayStatus | None]:
+        if not check.valid or check.replay_id is None:
+            return check, None
         window = float(self.policy.verify.max_age + self.policy.verify.max_skew)
-        key = replay_key(check.compact)
-        if await self._add(key, call_id, window) or (await self._get(key)) in (None, call_id):
-            return check
+        key = replay_key(check.replay_id)
+        try:
+            if await self._replay_store.add(key, call_id, window):
+                self.replay_stats.checked += 1
+                self._full_logged = False  # a later overflow is logged again
+                return check, None
+            seen = await self._replay_store.get(key)
+        except StoreFull:
+            return check, self._unchecked("store-full")
+        except StoreUnavailable:
+            return check, self._unchecked("store-unavailable")
+        self.replay_stats.checked += 1
+        if seen in (None, call_id):
+            return check, None
+        self.replay_stats.replayed += 1
         error = StirError(
             SipStatus.INVALID_IDENTITY_HEADER,
             "PASSporT replayed from another call (RFC 8224 §12.1)",
             check=Check.REPLAY,
         )
-        return replace(check, error=error)
+        return replace(check, error=error), None
+
+    def _unchecked(self, reason: str) -> ReplayStatus:
+        """The replay cache cannot take the entry: refuse the request (503, the PBX applies
+        its fail policy) or let it through marked unchecked, as configured."""
+        self.replay_stats.skip(reason)
+        if not self._full_logged:
+            self._full_logged = True
+            log.error(
+                "replay cache cannot record PASSporTs (%s): %s until it can "
+                "([verify] replay_overflow = %s)",
+                reason,
+                "refusing verification with 503"
+                if self.policy.replay_overflow is ReplayOverflow.REFUSE
+                else "verdicts say replay unchecked",
+                self.policy.replay_overflow.value,
+            )
+        if self.policy.replay_overflow is ReplayOverflow.REFUSE:
+            raise StirError(
+                SipStatus.SERVICE_UNAVAILABLE,
+                f"replay cache cannot record PASSporTs ({reason}); not verifying",
+                check=Check.CAPACITY,
+            )
+        return ReplayStatus(False, reason)
 
     async def _get(self, key: str) -> bytes | None:
         try:
@@ -187,8 +282,9 @@ class VerificationService:
         except StoreUnavailable:
             return None
 
-    async def _add(self, key: str, value: bytes, ttl: float) -> bool:
+    @staticmethod
+    async def _add(store: KeyValueStore, key: str, value: bytes, ttl: float) -> bool:
         try:
-            return await self._store.add(key, value, ttl)
-        except StoreUnavailable:
-            return True  # fail open on shared state: the signature checks still stand
+            return await store.add(key, value, ttl)
+        except (StoreUnavailable, StoreFull):
+            return False  # a pin not recorded: the next call is a first use again
