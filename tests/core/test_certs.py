@@ -948,3 +948,25 @@ def test_library_ca_profile(pki: Pki, extensions: list[x509.ExtensionType], deta
     with pytest.raises(StirError, match=detail) as info:
         validate_chain([leaf, inter], [pki.root], NOW)
     assert info.value.check is Check.TRUST
+
+
+def test_refusal_detail_carries_no_peer_text() -> None:
+    """The library names the certificate it refused (subject included); the detail does not."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil\r\nVia: injected")])
+    key = new_key()
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime.fromtimestamp(NOW - DAY, tz=dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(NOW + DAY, tz=dt.UTC))
+        .add_extension(odd, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(StirError, match="unsupported critical extension") as info:
+        validate_chain([cert], [cert], NOW)
+    assert "evil" not in info.value.detail
+    assert info.value.detail.isprintable()
