@@ -676,3 +676,297 @@ def test_malformed_tnauthlist_extension_in_cert() -> None:
     assert info.value.status is SipStatus.UNSUPPORTED_CREDENTIAL
     with pytest.raises(StirError):
         validate_chain([cert], [cert], NOW)
+
+
+# --- chain validation by cryptography.x509.verification: hostile chains -----------------------
+
+
+def issued(
+    key: ec.EllipticCurvePrivateKey,
+    issuer_key: Key,
+    issuer: x509.Certificate,
+    *,
+    ca: bool,
+    extra: x509.UnrecognizedExtension,
+    critical: bool,
+) -> x509.Certificate:
+    """A STI-like certificate built by hand with one extra extension (unknown to everyone)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hand made")])
+    usage = x509.KeyUsage(True, False, False, False, False, ca, ca, False, False)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime.fromtimestamp(NOW - DAY, tz=dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(NOW + DAY, tz=dt.UTC))
+        .add_extension(x509.BasicConstraints(ca, None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(aki, critical=False)
+        .add_extension(extra, critical=critical)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def test_make_stir_cert_chain_validates_through_the_library(pki: Pki) -> None:
+    """CA, intermediate with pathLen 0 and TNAuthList, leaf with TNAuthList: the path the
+    library builds (leaf first, ending at the anchor) is the one stird then checks."""
+    from stird.core.certs import _verified_path
+
+    assert _verified_path([pki.leaf, pki.inter], [pki.root], NOW) == [pki.leaf, pki.inter, pki.root]
+    assert _verified_path([pki.leaf, pki.inter], [pki.inter], NOW) == [pki.leaf, pki.inter]
+    shuffled = [pki.leaf, pki.root, pki.inter]  # order of the extra certificates does not matter
+    assert _verified_path(shuffled, [pki.root], NOW) == [pki.leaf, pki.inter, pki.root]
+    validate_chain([pki.leaf, pki.inter], [pki.root], NOW, spc_tns=spc_db)
+
+
+def chain_of(pki: Pki, cas: int) -> list[x509.Certificate]:
+    """leaf + ``cas`` intermediates (no pathLen) under pki.root, leaf first, root last."""
+    key, cert = pki.root_key, pki.root
+    above = [pki.root]
+    for i in range(cas):
+        sub_key = new_key()
+        cert = make_stir_cert(
+            sub_key, now=NOW, ca=True, common_name=f"CA {i}", issuer_key=key, issuer_cert=cert
+        )
+        key = sub_key
+        above.insert(0, cert)
+    leaf = make_stir_cert(new_key(), now=NOW, tns=["1"], issuer_key=key, issuer_cert=cert)
+    return [leaf, *above]
+
+
+def test_ten_certificates_are_the_bound(pki: Pki) -> None:
+    validate_chain(chain_of(pki, 8), [pki.root], NOW)  # 10 certificates
+    with pytest.raises(StirError, match="longer than 10") as info:
+        validate_chain(chain_of(pki, 9), [pki.root], NOW)  # 11
+    assert info.value.check is Check.TRUST
+
+
+def expired_intermediate(pki: Pki) -> list[x509.Certificate]:
+    key = new_key()
+    inter = make_stir_cert(
+        key, now=NOW, days=10, ca=True, issuer_key=pki.root_key, issuer_cert=pki.root
+    )
+    leaf = make_stir_cert(new_key(), now=NOW, tns=["1"], issuer_key=key, issuer_cert=inter)
+    return [leaf, inter]
+
+
+def impostor_root(pki: Pki) -> list[x509.Certificate]:
+    """A leaf naming the anchor's subject as issuer, signed by another key."""
+    key = new_key()
+    fake = make_stir_cert(key, now=NOW, ca=True, common_name="Test Root")
+    return [make_stir_cert(new_key(), now=NOW, tns=["1"], issuer_key=key, issuer_cert=fake)]
+
+
+def unknown_critical_in_intermediate(pki: Pki) -> list[x509.Certificate]:
+    key = new_key()
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
+    inter = issued(key, pki.root_key, pki.root, ca=True, extra=odd, critical=True)
+    leaf = make_stir_cert(new_key(), now=NOW, tns=["1"], issuer_key=key, issuer_cert=inter)
+    return [leaf, inter]
+
+
+def unknown_critical_in_leaf(pki: Pki) -> list[x509.Certificate]:
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
+    return [issued(new_key(), pki.inter_key, pki.inter, ca=False, extra=odd, critical=True)]
+
+
+def ca_as_leaf(pki: Pki) -> list[x509.Certificate]:
+    cert = make_stir_cert(
+        new_key(),
+        now=NOW,
+        ca=True,
+        tns=["12155551212"],
+        issuer_key=pki.inter_key,
+        issuer_cert=pki.inter,
+    )
+    return [cert, pki.inter]
+
+
+def p384_leaf(pki: Pki) -> list[x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP384R1())
+    leaf = make_stir_cert(
+        key, now=NOW, tns=["12155551212"], issuer_key=pki.inter_key, issuer_cert=pki.inter
+    )
+    return [leaf, pki.inter]
+
+
+def unpinned_self_signed(pki: Pki) -> list[x509.Certificate]:
+    return [self_signed(tns=["12155551212"])]
+
+
+@pytest.mark.parametrize(
+    ("build", "at", "anchor", "detail"),
+    [
+        (expired_intermediate, NOW + 20 * DAY, "root", "certificate 1: certificate expired"),
+        (impostor_root, NOW, "root", "no path to a trust anchor"),
+        (unknown_critical_in_intermediate, NOW, "root", "unsupported critical extension"),
+        (unknown_critical_in_leaf, NOW, "inter", "unsupported critical extension"),
+        (ca_as_leaf, NOW, "root", "not an end entity"),
+        (p384_leaf, NOW, "root", "P-256"),
+        (unpinned_self_signed, NOW, "root", "no path to a trust anchor"),
+        (unpinned_self_signed, NOW, "same name", "not a CA"),  # the pinned leaf cannot issue
+        (not_encompassed, NOW, "inter", "RFC 9060"),  # the pinned anchor's list limits too
+        (lambda p: [p.leaf, p.inter], NOW, "none", "no path to a trust anchor"),
+    ],
+    ids=[
+        "expired intermediate",
+        "leaf signed by another key with the anchor's name",
+        "unknown critical extension in an intermediate",
+        "unknown critical extension in the leaf",
+        "CA certificate as leaf",
+        "P-384 leaf",
+        "self-signed leaf not an anchor",
+        "self-signed leaf with an anchor's name, other key",
+        "TN outside a pinned intermediate's list",
+        "no anchors",
+    ],
+)
+def test_hostile_chains(
+    pki: Pki,
+    build: Callable[[Pki], list[x509.Certificate]],
+    at: int,
+    anchor: str,
+    detail: str,
+) -> None:
+    chain = build(pki)
+    anchors = {
+        "root": [pki.root],
+        "inter": [pki.inter],
+        "same name": [make_stir_cert(new_key(), now=NOW, tns=["1"], common_name=_cn(chain[0]))],
+        "none": [],
+    }[anchor]
+    with pytest.raises(StirError) as info:
+        validate_chain(chain, anchors, at)
+    assert info.value.status is SipStatus.UNSUPPORTED_CREDENTIAL
+    assert info.value.check is Check.TRUST
+    assert detail in info.value.detail
+
+
+def _cn(cert: x509.Certificate) -> str:
+    value = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return value if isinstance(value, str) else value.decode()
+
+
+def test_pinned_self_signed_leaf_is_still_checked() -> None:
+    """RFC 8862 §4.1: a pinned leaf is its own anchor, yet expiry and P-256 still apply."""
+    leaf = self_signed(tns=["12155551212"])
+    with pytest.raises(StirError, match="certificate 0: certificate expired") as info:
+        validate_chain([leaf], [leaf], NOW + 366 * DAY)
+    assert info.value.check is Check.TRUST
+    p384 = make_stir_cert(ec.generate_private_key(ec.SECP384R1()), now=NOW, tns=["1"])
+    with pytest.raises(StirError, match="P-256"):
+        validate_chain([p384], [p384], NOW)
+
+
+def test_pinned_leaf_with_an_intermediate_behind_it(pki: Pki) -> None:
+    """A pinned CA-issued leaf is accepted alone; what follows it in the chain is ignored."""
+    validate_chain([pki.leaf, pki.inter], [pki.leaf], NOW)
+    validate_chain([pki.leaf], [pki.leaf], NOW)
+
+
+def test_leaf_without_digital_signature_refused(pki: Pki) -> None:
+    ku = x509.KeyUsage(False, True, False, False, False, False, False, False, False)
+    key = new_key()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nr")]))
+        .issuer_name(pki.inter.subject)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(dt.datetime.fromtimestamp(NOW - DAY, tz=dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(NOW + DAY, tz=dt.UTC))
+        .add_extension(ku, critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pki.inter_key.public_key()),
+            critical=False,
+        )
+        .sign(pki.inter_key, hashes.SHA256())
+    )
+    with pytest.raises(StirError, match="digitalSignature") as info:
+        validate_chain([leaf, pki.inter], [pki.root], NOW)
+    assert info.value.check is Check.TRUST
+
+
+def hand_made(
+    pki: Pki, key: Key, *, ca: bool, extensions: list[x509.ExtensionType]
+) -> x509.Certificate:
+    """Issued by pki.root (a CA) or pki.inter (an end entity) with only basicConstraints, AKI
+    and ``extensions`` (critical, but EKU)."""
+    issuer_key, issuer = (pki.root_key, pki.root) if ca else (pki.inter_key, pki.inter)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"made ca={ca}")]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(dt.datetime.fromtimestamp(NOW - DAY, tz=dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(NOW + DAY, tz=dt.UTC))
+        .add_extension(x509.BasicConstraints(ca, None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
+    )
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=not isinstance(ext, x509.ExtendedKeyUsage))
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def usage(*, sign: bool, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(sign, False, False, False, False, cert_sign, False, False, False)
+
+
+@pytest.mark.parametrize(
+    ("extensions", "detail"),
+    [
+        ([usage(sign=True, cert_sign=True)], "end entity's keyUsage has keyCertSign"),
+        ([x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH])], "clientAuth"),
+    ],
+    ids=["leaf with keyCertSign", "leaf with a serverAuth-only EKU"],
+)
+def test_library_end_entity_profile(
+    pki: Pki, extensions: list[x509.ExtensionType], detail: str
+) -> None:
+    leaf = hand_made(pki, new_key(), ca=False, extensions=extensions)
+    with pytest.raises(StirError, match=detail) as info:
+        validate_chain([leaf, pki.inter], [pki.root], NOW)
+    assert info.value.check is Check.TRUST
+
+
+@pytest.mark.parametrize(
+    ("extensions", "detail"),
+    [([], "an issuer has no keyUsage"), ([usage(sign=True, cert_sign=False)], "keyCertSign")],
+    ids=["intermediate without keyUsage", "intermediate without keyCertSign"],
+)
+def test_library_ca_profile(pki: Pki, extensions: list[x509.ExtensionType], detail: str) -> None:
+    key = new_key()
+    inter = hand_made(pki, key, ca=True, extensions=extensions)
+    leaf = make_stir_cert(new_key(), now=NOW, tns=["1"], issuer_key=key, issuer_cert=inter)
+    with pytest.raises(StirError, match=detail) as info:
+        validate_chain([leaf, inter], [pki.root], NOW)
+    assert info.value.check is Check.TRUST
+
+
+def test_refusal_detail_carries_no_peer_text() -> None:
+    """The library names the certificate it refused (subject included); the detail does not."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "evil\r\nVia: injected")])
+    key = new_key()
+    odd = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(dt.datetime.fromtimestamp(NOW - DAY, tz=dt.UTC))
+        .not_valid_after(dt.datetime.fromtimestamp(NOW + DAY, tz=dt.UTC))
+        .add_extension(odd, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(StirError, match="unsupported critical extension") as info:
+        validate_chain([cert], [cert], NOW)
+    assert "evil" not in info.value.detail
+    assert info.value.detail.isprintable()

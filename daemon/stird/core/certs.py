@@ -17,7 +17,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509 import verification as xv
+from cryptography.x509.oid import NameOID
 
 from stird.core.errors import Check, SipStatus, StirError, bad_request
 from stird.core.tnauthlist import (
@@ -41,10 +42,6 @@ MAX_CHAIN = 10
 CLOCK_SKEW = 300
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
-_EXT = ExtensionOID
-_UNDERSTOOD_CRITICAL = frozenset(  # critical extensions we process (RFC 5280 §4.2)
-    (_EXT.BASIC_CONSTRAINTS, _EXT.KEY_USAGE, _EXT.SUBJECT_ALTERNATIVE_NAME, TNAUTHLIST_OID)
-)
 Chain = Sequence[x509.Certificate]
 
 
@@ -166,91 +163,133 @@ def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _is_anchor(cert: x509.Certificate, anchor: x509.Certificate) -> bool:
-    """Same DER, or a self-signed cert with the anchor's subject and key."""
-    if cert == anchor:
-        return True
-    if cert.subject != anchor.subject:
-        return False
-    key = _spki(cert)
-    return key is not None and key == _spki(anchor) and _signed_by(cert, anchor)
+# RFC 5280 path validation is cryptography's (x509.verification); these extension policies
+# relax its CA/B Forum profile only where STI certificates differ (RFC 8226, ATIS-1000080):
+# an end entity needs no subjectAltName (TNAuthList names it) and, self-signed (RFC 8862),
+# no authorityKeyIdentifier. EKU may be absent (if present it must still be clientAuth).
+# CA certificates keep the defaults: basicConstraints cA critical, keyUsage keyCertSign,
+# pathLenConstraint. TNAuthList is non-critical and so ignored by the library; any
+# critical extension the policy does not name is refused, as RFC 5280 §4.2 asks.
+_EE_POLICY = (
+    xv.ExtensionPolicy.webpki_defaults_ee()
+    .may_be_present(x509.SubjectAlternativeName, xv.Criticality.AGNOSTIC, None)
+    .may_be_present(x509.AuthorityKeyIdentifier, xv.Criticality.NON_CRITICAL, None)
+)
+_CA_POLICY = xv.ExtensionPolicy.webpki_defaults_ca()
+
+#: The library's reasons (fragments of its messages) in our words; first match wins.
+_REASONS = (
+    ("not valid at validation time", ""),  # filled in by _validity_detail
+    ("path length constraint", "pathLenConstraint exceeded"),
+    ("cA must be asserted", "an issuer is not a CA (basicConstraints cA=false)"),
+    ("cA must not be asserted", "certificate 0 is a CA certificate, not an end entity"),
+    ("keyCertSign must be asserted", "an issuer's keyUsage lacks keyCertSign"),
+    ("must not assert keyCertSign", "certificate 0: an end entity's keyUsage has keyCertSign"),
+    ("2.5.29.15: Certificate is missing", "an issuer has no keyUsage"),
+    ("required EKU not found", "certificate 0: extendedKeyUsage present without clientAuth"),
+    ("critical extension", "unsupported critical extension"),
+    ("signature does not match", "no path to a trust anchor: a signature does not verify"),
+    ("no interior errors", "no path to a trust anchor"),
+    ("exceeds max depth", f"certificate chain longer than {MAX_CHAIN}"),
+)
+_MALFORMED_REASONS = ("ASN.1", "duplicate extension", "malformed", "mismatch between")
 
 
-def _path_to_anchor(
-    chain: Chain, anchors: Chain
-) -> tuple[list[x509.Certificate], x509.Certificate | None]:
-    """The path up to the first pinned cert (anchor None), or the whole chain + its issuer."""
-    for i, cert in enumerate(chain):
-        if any(_is_anchor(cert, a) for a in anchors):
-            return list(chain[: i + 1]), None
-    for anchor in anchors:
-        if chain[-1].issuer == anchor.subject and _signed_by(chain[-1], anchor):
-            return list(chain), anchor
-    raise _untrusted("no path to a trust anchor")
+def _library_reason(exc: Exception) -> str:
+    """The library's message without the certificate repr, printable ASCII, bounded."""
+    text = str(exc).removeprefix("validation failed: ").split(" (encountered processing", 1)[0]
+    return "".join(c if " " <= c <= "~" else "?" for c in text)[:160]
 
 
-def _check_cert(cert: x509.Certificate, index: int, at: int) -> None:
+def _validity_detail(chain: Chain, anchors: Chain, at: int) -> str:
+    """Which certificate is outside its validity period (the library does not say)."""
+    named = [(f"certificate {i}", cert) for i, cert in enumerate(chain)]
+    for name, cert in [*named, *(("trust anchor", a) for a in anchors)]:
+        try:
+            check_validity(cert, at)
+        except StirError as exc:
+            return f"{name}: {exc.detail}"
+    return "a certificate is outside its validity period"
+
+
+def _refusal(exc: Exception, chain: Chain, anchors: Chain, at: int) -> StirError:
+    reason = _library_reason(exc)
+    if any(fragment in reason for fragment in _MALFORMED_REASONS):
+        return _malformed(f"malformed certificate: {reason}")
+    for fragment, ours in _REASONS:
+        if fragment in reason:
+            detail = ours or _validity_detail(chain, anchors, at)
+            return _untrusted(f"{detail} ({reason})")
+    return _untrusted(f"certificate path refused: {reason}")
+
+
+def _pinned_leaf(leaf: x509.Certificate, anchors: Chain) -> bool:
+    """RFC 8862 §4.1: the leaf is an anchor (same DER, or self-signed with its subject+key)."""
+    key = _spki(leaf)
+    return any(
+        leaf == anchor
+        or (
+            leaf.subject == anchor.subject
+            and key is not None
+            and key == _spki(anchor)
+            and _signed_by(leaf, anchor)
+        )
+        for anchor in anchors
+    )
+
+
+def _verified_path(chain: Chain, anchors: Chain, at: int) -> list[x509.Certificate]:
+    """RFC 5280 §6 by the library: the path leaf first, ending at the anchor it reached.
+
+    A pinned leaf is its own anchor: the library then checks it alone (profile, validity).
+    """
+    leaf = chain[0]
+    store = [leaf] if _pinned_leaf(leaf, anchors) else list(anchors)
+    if not store:
+        raise _untrusted("no path to a trust anchor (no anchors)")
     try:
-        check_validity(cert, at)
-    except StirError as exc:
-        raise _untrusted(f"certificate {index}: {exc.detail}") from None
-    try:
-        extensions = list(cert.extensions)
-    except ValueError as exc:
-        raise _malformed(f"certificate {index}: malformed extensions: {exc}") from None
-    for ext in extensions:
-        if ext.critical and ext.oid not in _UNDERSTOOD_CRITICAL:
-            raise _untrusted(f"certificate {index}: unsupported critical extension {ext.oid}")
-    tnauthlist_of(cert)  # a malformed TNAuthList spoils the whole certificate
+        verifier = (
+            xv.PolicyBuilder()
+            .store(xv.Store(store))
+            .time(dt.datetime.fromtimestamp(at, tz=dt.UTC))
+            .max_chain_depth(MAX_CHAIN)
+            .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+            .build_client_verifier()
+        )
+        return list(verifier.verify(leaf, list(chain[1:])).chain)
+    except (xv.VerificationError, *_PARSE_ERRORS) as exc:
+        raise _refusal(exc, chain, anchors, at) from None
 
 
-def _check_issuer(issuer: x509.Certificate, below: int, name: str) -> None:
-    """RFC 5280 §4.2.1.9/§4.2.1.3: cA, pathLenConstraint (``below`` CA certs), keyCertSign."""
-    bc = _ext(issuer, x509.BasicConstraints)
-    if bc is None or not bc.ca:
-        raise _untrusted(f"{name} is not a CA (basicConstraints cA=false)")
-    if bc.path_length is not None and below > bc.path_length:
-        raise _untrusted(f"{name}: pathLenConstraint {bc.path_length} exceeded")
-    usage = _ext(issuer, x509.KeyUsage)
-    if usage is not None and not usage.key_cert_sign:
-        raise _untrusted(f"{name}: keyUsage lacks keyCertSign")
-
-
-def _check_link(
-    child: x509.Certificate, issuer: x509.Certificate, depth: int, spc_tns: SpcLookup | None
-) -> None:
-    """``issuer`` (at ``depth`` above the leaf) signed ``child`` and may delegate to it."""
-    name = f"issuer of certificate {depth - 1}"
-    if child.issuer != issuer.subject or not _signed_by(child, issuer):
-        raise _untrusted(f"certificate {depth - 1}: signature does not verify with its issuer")
-    _check_issuer(issuer, depth - 1, name)
-    parent_tal, child_tal = tnauthlist_of(issuer), tnauthlist_of(child)
-    if parent_tal and child_tal and not parent_tal.encompasses(child_tal, spc_tns):
-        raise _untrusted(f"certificate {depth - 1}: TNAuthList not encompassed (RFC 9060 §4)")
+def _check_delegation(path: Chain, spc_tns: SpcLookup | None) -> None:
+    """RFC 9060 §4: each CA's TNAuthList encompasses the one below it on the verified path."""
+    lists = [tnauthlist_of(cert) for cert in path]  # a malformed list spoils its certificate
+    for depth in range(1, len(path)):
+        parent, child = lists[depth], lists[depth - 1]
+        if parent and child and not parent.encompasses(child, spc_tns):
+            raise _untrusted(f"certificate {depth - 1}: TNAuthList not encompassed (RFC 9060 §4)")
 
 
 def validate_chain(
     chain: Chain, anchors: Chain, at: int, *, spc_tns: SpcLookup | None = None
 ) -> None:
-    """RFC 9060 §6 / RFC 5280 §6: leaf-first chain to a pinned cert or an anchor's child.
+    """RFC 9060 §6 / RFC 5280 §6: leaf-first chain up to a pinned cert or an anchor.
 
-    A self-signed end-entity cert pinned as an anchor is accepted alone (RFC 8862 §4.1).
+    Path building, signatures, validity, basicConstraints, pathLen, keyUsage of issuers and
+    critical extensions are cryptography's; STIR's own rules follow on the verified path:
+    TNAuthList delegation, leaf keyUsage digitalSignature, leaf key EC P-256. A self-signed
+    end-entity cert pinned as an anchor is accepted alone (RFC 8862 §4.1).
     """
     if not chain:
         raise _untrusted("empty certificate chain")
     if len(chain) > MAX_CHAIN:
         raise _untrusted(f"certificate chain longer than {MAX_CHAIN}")
-    path, anchor = _path_to_anchor(chain, anchors)
-    for index, cert in enumerate(path):
-        _check_cert(cert, index, at)
-    for depth in range(1, len(path)):
-        _check_link(path[depth - 1], path[depth], depth, spc_tns)
-    if anchor is not None:
-        _check_cert(anchor, len(path), at)
-        _check_link(path[-1], anchor, len(path), spc_tns)
+    path = _verified_path(chain, anchors, at)
+    _check_delegation(path, spc_tns)
     usage = _ext(path[0], x509.KeyUsage)
     if usage is not None and not usage.digital_signature:
         raise _untrusted("certificate 0: keyUsage lacks digitalSignature")
+    check_signing_key(path[0])
 
 
 def _uri_parts(uri: str) -> tuple[str, str, bool, str]:
