@@ -115,7 +115,9 @@ async def make_service(tls: Tls, pki: Pki) -> AsyncIterator[Factory]:
         fetchers.append(fetcher)
         cache = CertificateCache(fetcher, shared=shared)
         verify = VerifyPolicy(anchors=(pki.root,))
-        return VerificationService(cache, MemoryStore(), ServicePolicy(verify=verify))
+        return VerificationService(
+            cache, MemoryStore(), ServicePolicy(verify=verify), replay_store=shared
+        )
 
     yield make
     for fetcher in fetchers:
@@ -198,3 +200,53 @@ async def test_redis_cache_shared_by_two_instances(
         assert (await first.verify(call(pki, url, "a"))).verdict.value == "valid"
         assert (await second.verify(call(pki, url, "b"))).verdict.value == "valid"
     assert cert_server.hits["/good.pem"] == 1
+
+
+def _malleate(value: str) -> str:
+    """(r, s) → (r, n − s) of a full-form Identity value: valid without the key."""
+    from stird.core import jose
+
+    digest = value.split(";", 1)[0]
+    head, body, sig = digest.split(".")
+    raw = jose.b64u_decode(sig, "sig")
+    s = int.from_bytes(raw[32:], "big")
+    flipped = jose.b64u_encode(raw[:32] + (jose.P256_N - s).to_bytes(32, "big"))
+    return value.replace(digest, f"{head}.{body}.{flipped}")
+
+
+async def test_malleated_replay_refused_across_instances_on_redis(
+    make_service: Factory, cert_server: CertServer, pki: Pki, redis_url: str
+) -> None:
+    """Two instances sharing Redis: an (r, n − s) copy on another call is a replay."""
+    from dataclasses import replace
+
+    url = cert_server.url("/good.pem")
+    async with RedisStore(redis_url, prefix=f"mal:{time.monotonic_ns()}:") as shared:
+        first, second = make_service(shared), make_service(shared)
+        original = call(pki, url, "call-a")
+        assert (await first.verify(original)).verdict.value == "valid"
+        twin = replace(original, identity=(_malleate(original.identity[0]),), call_id="call-b")
+        assert twin.identity != original.identity
+        replayed = await second.verify(twin)
+        assert summary(replayed) == ("invalid", 438, "replay")
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        {"from_": "<sip:+12025550999@pbx.example.com;user=phone>"},  # orig is someone else
+        {"to": "<sip:+12025550888@pbx.example.com;user=phone>"},  # dest is someone else
+        {"date": format_sip_date(int(time.time()) - 3600)},  # stale Date
+        {"identity": ("e30.e30.AAAA;info=<https://127.0.0.1:1/good.pem>",)},  # bad token
+    ],
+)
+async def test_offline_failure_fetches_nothing(
+    make_service: Factory, cert_server: CertServer, pki: Pki, spoil: dict[str, object]
+) -> None:
+    """A request that fails a check needing no certificate costs no certificate fetch."""
+    from dataclasses import replace
+
+    facts = replace(call(pki, cert_server.url("/good.pem")), **spoil)  # type: ignore[arg-type]
+    verdict = await make_service().verify(facts)
+    assert verdict.verdict.value == "invalid"
+    assert sum(cert_server.hits.values()) == 0
