@@ -253,6 +253,7 @@ class Daemon:
         if isinstance(self.store, FallbackStore):
             fallback = self.store
             self.metrics.watch_store(lambda: fallback.failures)
+        await self._check_redis_eviction()
         self.built = self._build(self.config)
         self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
         self.api = StirApi(self.built.runtime, self.metrics)
@@ -313,6 +314,19 @@ class Daemon:
         if not self.config.store.redis:
             return local
         return FallbackStore(RedisStore(self.config.store.redis), local)
+
+    async def _check_redis_eviction(self) -> None:
+        if not isinstance(self.store, FallbackStore):
+            return
+        shared = self.store.shared
+        policy = await shared.eviction_policy() if isinstance(shared, RedisStore) else None
+        if policy not in (None, "noeviction"):
+            log.error(
+                "Redis maxmemory-policy is %s: when Redis memory runs out it may evict live "
+                "replay-cache entries, and a replayed PASSporT would be accepted; set "
+                "maxmemory-policy noeviction on the Redis that stird shares",
+                policy,
+            )
 
     def _announce(self) -> None:
         if not self.config.credentials:

@@ -301,3 +301,22 @@ async def test_redis_burst_shares_a_bounded_pool(redis_url: str) -> None:
         assert all(added)
         assert await _connected_clients(redis_url) - before <= 3
         assert await store.get("k199") == b"v"
+
+
+async def test_redis_eviction_policy_is_read(redis_store: RedisStore) -> None:
+    """The daemon warns unless the shared Redis never evicts (a dropped replay entry is a
+    replay accepted); the store reads the policy."""
+    assert await redis_store.eviction_policy() == "noeviction"
+
+
+async def test_memory_store_without_eviction_refuses_when_full() -> None:
+    from stird.services.stores import StoreFull  # noqa: PLC0415
+
+    now = [0.0]
+    store = MemoryStore(2, clock=lambda: now[0], evict=False)
+    assert await store.add("a", b"1", 10) and await store.add("b", b"1", 10)
+    with pytest.raises(StoreFull):
+        await store.add("c", b"1", 10)
+    assert await store.get("a") == b"1"  # nothing live was evicted
+    now[0] = 11.0
+    assert await store.add("c", b"1", 10)  # expired entries make room

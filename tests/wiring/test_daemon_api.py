@@ -84,6 +84,9 @@ async def test_sign_then_verify(http: tuple[aiohttp.ClientSession, str]) -> None
         "TN-Validation-Passed",
     )
     assert verdict["pai"] == "<sip:+15551110000;verstat=TN-Validation-Passed@127.0.0.1;user=phone>"
+    # the embedded default's own credential is a configured anchor, not a first use
+    assert (verdict["trust"], verdict["replay"]) == ("anchor", "checked")
+    assert {p["trust"] for p in verdict["passports"]} == {"anchor"}
 
 
 async def test_tampered_is_438_reject(http: tuple[aiohttp.ClientSession, str]) -> None:

@@ -83,6 +83,17 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._call(self._redis.delete(self._prefix + key))
 
+    async def eviction_policy(self) -> str | None:
+        """The server's ``maxmemory-policy`` (None when CONFIG is not allowed). Under any
+        policy but ``noeviction`` Redis may drop a live replay entry when memory runs out —
+        a replay accepted; under ``noeviction`` a full Redis refuses the write (StoreFull)."""
+        try:
+            found = await self._call(self._redis.config_get("maxmemory-policy"))
+        except StoreUnavailable:
+            return None
+        value = found.get("maxmemory-policy") if isinstance(found, dict) else None
+        return value.decode() if isinstance(value, bytes) else value
+
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the server answers PING."""
         await self._call(self._redis.ping())

@@ -50,6 +50,10 @@ class FallbackStore:
         self._health = _Health()
 
     @property
+    def shared(self) -> KeyValueStore:
+        return self._shared
+
+    @property
     def failures(self) -> int:
         return self._health.failures
 
