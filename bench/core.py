@@ -4,8 +4,8 @@ Run by ``bench/run.py`` pinned to the server core; prints one JSON object. Raw a
 are measured in alternating slices of the same length and the ratio is the median of the
 per-round ratios, so background load on a shared machine hits both sides alike.
 
-* ``raw_sign``: ``key.sign(signing_input, ECDSA(SHA256, deterministic))`` — exactly what
-  stird's ES256 signer calls (RFC 8225 §4.2 deterministic ECDSA);
+* ``raw_sign``: ``key.sign(signing_input, ECDSA(SHA256))`` — exactly what stird's ES256
+  signer calls (randomised ECDSA, so identical claims never give identical PASSporTs);
 * ``core_sign``: :func:`stird.core.sign.sign_request` + ``IdentityHeader.format()`` for a
   `shaken` PASSporT — claims, canonical JSON, base64url, ES256, the Identity value;
 * ``raw_verify``: ``public_key.verify(der, signing_input, ECDSA(SHA256))``;
@@ -89,12 +89,13 @@ def replay_cache_bytes(entries: int = 100_000) -> int:
     from stird.services.verification import replay_key, replay_value  # noqa: PLC0415
 
     tracemalloc.start()
-    store = MemoryStore(max_entries=entries)
+    store = MemoryStore(max_entries=entries, evict=False)
     before = tracemalloc.get_traced_memory()[0]
 
     async def fill() -> None:
         for i in range(entries):
-            key, value = replay_key(f"passport-{i}"), replay_value(f"{i:016x}-call@pbx.example.com")
+            key = replay_key(i.to_bytes(16, "big"))
+            value = replay_value(f"{i:016x}-call@pbx.example.com")
             await store.add(key, value, 70.0)
 
     asyncio.run(fill())
@@ -134,7 +135,7 @@ def main() -> int:
     policy = VerifyPolicy()
     assert verify_request(facts, lookup, policy, now).verdict is Verdict.VALID
 
-    signing_alg = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+    signing_alg = ec.ECDSA(hashes.SHA256())  # randomised, like stird's signer (issue #16)
     verifying_alg = ec.ECDSA(hashes.SHA256())
     data = signed.signing_input
     der = key.sign(data, signing_alg)

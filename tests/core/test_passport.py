@@ -353,3 +353,17 @@ def test_an_independent_jws_library_verifies_our_passports(ppt: str | None) -> N
                          options={"verify_iat": False})  # fmt: skip
     assert decoded == json.loads(jose.canonical_json(claims.to_json()))
     assert jwt.get_unverified_header(signed.full)["x5u"] == "https://cert.example/c.pem"
+
+
+def test_signature_id_is_the_same_for_both_ecdsa_twins() -> None:
+    """(r, s) and (r, n − s) both verify: the replay key must not tell them apart, and
+    must tell apart everything else (issue #16)."""
+    from stird.core.jose import P256_N, signature_id  # noqa: PLC0415
+
+    r, s = (7).to_bytes(32, "big"), 12345
+    low, high = r + s.to_bytes(32, "big"), r + (P256_N - s).to_bytes(32, "big")
+    assert signature_id(b"a.b", low) == signature_id(b"a.b", high)
+    assert signature_id(b"a.b", low) != signature_id(b"a.c", low)  # another message
+    other_r = (8).to_bytes(32, "big") + s.to_bytes(32, "big")
+    assert signature_id(b"a.b", low) != signature_id(b"a.b", other_r)
+    assert len(signature_id(b"a.b", low)) == 16

@@ -148,19 +148,23 @@ _SIGNING = ec.ECDSA(hashes.SHA256())
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
-def signature_id(signature: bytes) -> bytes:
-    """A digest that every valid form of one ES256 signature shares: SHA-256 over r and
-    the low s (min(s, n − s)), 128 bits.
+def signature_id(signing_input: bytes, signature: bytes) -> bytes:
+    """A digest that every valid form of one ES256 signature over ``signing_input``
+    shares: SHA-256 over the signed bytes, r and the low s (min(s, n − s)), 128 bits.
 
     ECDSA is malleable: when (r, s) verifies, so does (r, n − s) — anyone who has seen
     one signature can make the other without the key. Keying the replay cache on this
     digest (RFC 8224 §12.1) makes a malleated copy the same PASSporT as its original;
-    the R||S encoding itself is fixed-width, so there is no other encoding to vary."""
+    the R||S encoding itself is fixed-width, so there is no other encoding to vary. The
+    signed bytes are part of it so that nobody can make another message (under a key
+    made up for the purpose) collide with a real call's entry."""
     half = len(signature) // 2
     r = signature[:half]
     s = int.from_bytes(signature[half:], "big")
     low = min(s, P256_N - s) if 0 < s < P256_N else s
-    return hashlib.sha256(r + low.to_bytes(half, "big")).digest()[:16]
+    digest = hashlib.sha256(signing_input)
+    digest.update(r + low.to_bytes(half, "big"))
+    return digest.digest()[:16]
 
 
 def _octets(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> int:

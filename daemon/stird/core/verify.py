@@ -281,7 +281,7 @@ def _result(
     if cred is not None:
         details["signer"] = _subject(cred.chain[0])
     if sp is not None and trust is not None and error is None:
-        details.update(trust=trust, replay_id=signature_id(sp.signature))
+        details.update(trust=trust, replay_id=signature_id(sp.signing_input, sp.signature))
     return PassportCheck(
         index=index,
         supported=ppt in SUPPORTED_PPT,
