@@ -310,7 +310,7 @@ async def test_redis_eviction_policy_is_read(redis_store: RedisStore) -> None:
 
 
 async def test_memory_store_without_eviction_refuses_when_full() -> None:
-    from stird.services.stores import StoreFull  # noqa: PLC0415
+    from stird.services.stores import StoreFull
 
     now = [0.0]
     store = MemoryStore(2, clock=lambda: now[0], evict=False)

@@ -358,7 +358,7 @@ def test_an_independent_jws_library_verifies_our_passports(ppt: str | None) -> N
 def test_signature_id_is_the_same_for_both_ecdsa_twins() -> None:
     """(r, s) and (r, n − s) both verify: the replay key must not tell them apart, and
     must tell apart everything else (issue #16)."""
-    from stird.core.jose import P256_N, signature_id  # noqa: PLC0415
+    from stird.core.jose import P256_N, signature_id
 
     r, s = (7).to_bytes(32, "big"), 12345
     low, high = r + s.to_bytes(32, "big"), r + (P256_N - s).to_bytes(32, "big")
