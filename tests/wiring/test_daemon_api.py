@@ -299,3 +299,24 @@ async def test_behind_it_refuses_sign_and_verify_with_503_at_once(
         assert 'stird_overload_shed_total{interface="api"} 3.0' in await response.text()
     daemon.shedder.observe(0.0)
     assert (await post(http, "/v1/verify", verify_body(await signed(http))))[0] == 200
+
+
+async def test_require_call_id_is_400_and_without_it_replay_is_unchecked(
+    daemon: Daemon, http: tuple[aiohttp.ClientSession, str], tmp_path: Path
+) -> None:
+    sign = await signed(http)
+    body = verify_body(sign)
+    body.pop("call_id", None)
+    body.pop("callid", None)
+    status, verdict = await post(http, "/v1/verify", body)
+    assert (status, verdict["verdict"], verdict["replay"]) == (200, "valid", "unchecked")
+    assert verdict["replay_unchecked"] == "no-call-id"
+    async with aiohttp.ClientSession() as session:
+        base = "http://{}:{}".format(*daemon.http_address)
+        async with session.get(base + "/metrics") as answer:
+            text = await answer.text()
+    # two valid PASSporTs (msec and shaken), neither checked
+    assert 'stird_replay_checks_total{reason="no-call-id",result="unchecked"} 2.0' in text
+    await daemon.reload(config(tmp_path, require_call_id=True))
+    status, answer_body = await post(http, "/v1/verify", body)
+    assert status == 400 and "call_id" in str(answer_body)
