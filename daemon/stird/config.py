@@ -118,7 +118,7 @@ class AsteriskConfig:
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "stird"
-    ami_secret: str | None = None
+    ami_secret: str | None = field(default=None, repr=False)
     ami_secret_file: Path | None = None
 
 
