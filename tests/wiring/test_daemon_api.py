@@ -230,6 +230,18 @@ async def test_reload_changes_policy(
     assert (status, verdict["code"], verdict["action"]) == (200, 428, "reject")
 
 
+async def test_uptime_survives_reload(
+    daemon: Daemon, http: tuple[aiohttp.ClientSession, str], tmp_path: Path
+) -> None:
+    """/healthz uptime counts from the daemon's start (monotonic clock), not the last SIGHUP."""
+    daemon.api.started -= 1000.0  # as if started 1000 s ago: no waiting in the test
+    session, base = http
+    await daemon.reload(config(tmp_path, require_identity=True))
+    async with session.get(base + "/healthz") as response:
+        health = await response.json()
+    assert health["uptime"] >= 1000.0, health
+
+
 async def test_failed_reload_keeps_running_config(daemon: Daemon, tmp_path: Path) -> None:
     before = daemon.api.runtime
     broken = replace(
