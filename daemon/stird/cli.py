@@ -6,7 +6,7 @@
                   --issuer-cert C] --out CERT.pem
     stird sign    --key KEY --x5u URL --orig ID --dest ID [...] [--ppt msec|shaken|none]
                   [--attest A|B|C] [--origid UUID] [--sdp FILE] [--iat EPOCH] [--compact]
-    stird verify  --identity VALUE [...] [--from URI] [--to URI] [--date HTTP-DATE]
+    stird verify  --identity VALUE [...] [--from ID] [--to ID] [--date HTTP-DATE]
                   [--sdp FILE] (--cert PEM | --trust-anchor PEM ... | --fetch ...)
                   [--now EPOCH] [--max-age SECONDS]
     stird decode  VALUE

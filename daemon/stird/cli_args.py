@@ -95,8 +95,8 @@ def _sign(sub: Any, run: Command) -> None:
 def _verify(sub: Any, run: Command) -> None:
     p = sub.add_parser("verify", help="verify Identity headers; prints a JSON verdict")
     p.add_argument("--identity", required=True, action="append", metavar="VALUE")
-    p.add_argument("--from", dest="from_", metavar="URI")
-    p.add_argument("--to", metavar="URI")
+    p.add_argument("--from", dest="from_", metavar="ID", help="TN, URI or From header value")
+    p.add_argument("--to", metavar="ID", help="TN, URI or To header value")
     p.add_argument("--date", metavar="HTTP-DATE")
     p.add_argument("--sdp", metavar="FILE")
     p.add_argument("--cert", metavar="PEM", help="use this certificate (chain) for every info")

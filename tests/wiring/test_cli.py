@@ -49,6 +49,22 @@ def verify(cli: Cli, signer: Signer, value: str, *extra: object) -> tuple[int, d
     return result.code, out
 
 
+@pytest.mark.parametrize(
+    ("orig", "dest"), [("+12025550100", "+12025550101"), ("12025550100", "12025550101")]
+)
+def test_verify_takes_bare_telephone_numbers(
+    cli: Cli, signer: Signer, offer: Path, orig: str, dest: str
+) -> None:
+    """README: IDs may be telephone numbers, for --from/--to as for --orig/--dest."""
+    value = sign(cli, signer, "--sdp", offer)
+    result = cli("verify", "--identity", value, "--from", orig, "--to", dest,
+                 "--cert", signer.cert, "--sdp", offer)  # fmt: skip
+    assert result.code == 0 and result.json()["verdict"] == "valid", result  # type: ignore[index]
+    other = cli("verify", "--identity", value, "--from", "+12025550199", "--to", dest,
+                "--cert", signer.cert, "--sdp", offer)  # fmt: skip
+    assert other.code == 1, other
+
+
 def test_keygen_modes(signer: Signer) -> None:
     assert stat.S_IMODE(signer.key.stat().st_mode) == 0o600
     assert b"BEGIN PUBLIC KEY" in signer.public.read_bytes()

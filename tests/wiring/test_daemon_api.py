@@ -86,6 +86,25 @@ async def test_sign_then_verify(http: tuple[aiohttp.ClientSession, str]) -> None
     assert verdict["pai"] == "<sip:+15551110000;verstat=TN-Validation-Passed@127.0.0.1;user=phone>"
 
 
+@pytest.mark.parametrize(
+    ("orig", "dest"),
+    [("+15551110000", "+15552220000"), ("15551110000", "15552220000"),
+     ("+1 555 111 0000", "tel:+15552220000")],
+)  # fmt: skip
+async def test_verify_takes_bare_telephone_numbers(
+    http: tuple[aiohttp.ClientSession, str], orig: str, dest: str
+) -> None:
+    """README "IDs": a telephone number may stand for From/To/PAI/R-URI; it is compared,
+    not waved through: another number is not the signed one."""
+    sign = await signed(http)
+    body = verify_body(sign, **{"from": orig, "to": dest, "pai": orig, "ruri": dest})
+    status, verdict = await post(http, "/v1/verify", body)
+    assert (status, verdict["verdict"]) == (200, "valid"), verdict
+    other = verify_body(sign, **{"from": "+15551110001", "to": dest})
+    status, verdict = await post(http, "/v1/verify", other)
+    assert status == 200 and verdict["verdict"] != "valid", verdict
+
+
 async def test_tampered_is_438_reject(http: tuple[aiohttp.ClientSession, str]) -> None:
     sign = await signed(http)
     token, rest = sign["identity"][0].split(";", 1)
