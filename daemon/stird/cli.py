@@ -54,6 +54,7 @@ from stird.services.verdicts import CallVerdict, ServicePolicy
 from stird.services.verification import VerificationService
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE: `stird verify ... | head`
 
 
 class UsageError(Exception):
@@ -291,6 +292,17 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
 
+def _quiet_stdout() -> None:
+    """The reader went away: point stdout at /dev/null so the final flush at exit has
+    nowhere to fail (Python's documented way, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured in-process): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -299,6 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (UsageError, keys.KeyFileError) as exc:
         print(f"stird {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -222,6 +223,24 @@ def test_console_script_runs() -> None:
                           text=True, timeout=60, check=False)  # fmt: skip
     assert proc.returncode == 0
     assert "VALUE" in proc.stdout.upper()
+
+
+@pytest.mark.parametrize("command", ["verify", "decode"])
+def test_closed_pipe_ends_quietly(cli: Cli, signer: Signer, command: str) -> None:
+    """`stird verify ... | head`: the reader has gone; no traceback, exit 141 (SIGPIPE's)."""
+    value = sign(cli, signer, "--ppt", "shaken")
+    argv = {"verify": ["verify", "--identity", value, "--from", FROM, "--to", TO,
+                       "--cert", str(signer.cert)],
+            "decode": ["decode", value]}[command]  # fmt: skip
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already exited
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stird", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
+    assert proc.stderr == "", proc.stderr
 
 
 def test_verify_fetch_prints_the_full_verdict(cli: Cli, signer: Signer, served_cert: str) -> None:
