@@ -255,6 +255,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _credentials_line(config: Config) -> str:
+    """What the daemon would sign with (app.signing_credentials)."""
+    if not config.credentials:
+        dev = config.server.state_dir / "dev"
+        return f"no [[credential]]: the daemon signs with the development credential in {dev}"
+    names = ", ".join(c.name for c in config.credentials)
+    return f"{len(config.credentials)} credential(s): {names}"
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     try:
@@ -269,7 +278,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         keys.load_certs(cred.cert)
     for anchor in config.verify.trust_anchors:
         keys.load_certs(anchor)
-    print(f"{path or 'embedded default'}: OK ({len(config.credentials)} credential(s))")
+    print(f"{path or 'embedded default'}: OK ({_credentials_line(config)})")
     return EXIT_OK
 
 

@@ -109,6 +109,9 @@ def test_check_config(cli: Cli, tmp_path: Path) -> None:
     good.write_text("[sign]\nppt = 'shaken'\n")
     result = cli("check-config", "--config", good)
     assert result.code == 0 and "OK" in result.out
+    # no [[credential]]: the daemon signs with the development one; say so, not "0"
+    assert "development credential in /var/lib/stird/dev" in result.out, result.out
+    assert "0 credential" not in result.out
     bad = tmp_path / "bad.toml"
     bad.write_text(
         "[[credential]]\nname = 'a'\nkey = '/nonexistent.key'\ncert = '/nonexistent.pem'\n"
