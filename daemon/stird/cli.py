@@ -10,9 +10,13 @@
                   [--sdp FILE] (--cert PEM | --trust-anchor PEM ... | --fetch ...)
                   [--now EPOCH] [--max-age SECONDS]
     stird decode  VALUE
+    stird serve   [--config FILE] [--http|--jsonrpc|--agi HOST:PORT|off] [--state-dir DIR]
+                  [--log-level L] [--log-file FILE] [--pid-file FILE]
+    stird check-config [--config FILE]
     stird cps serve [--config FILE] [--listen HOST:PORT] [--state-dir DIR] [--redis URL]
 
-Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error.
+Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error,
+141 stdout closed early (``| head``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import logging.handlers
 import os
 import ssl
 import sys
@@ -242,17 +247,54 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = _load(args)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    logging.basicConfig(
-        level=getattr(logging, (args.log_level or config.log_level).upper()),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _serve_logging(args.log_level or config.log_level, args.log_file)
     from stird.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
 
+    pid_file = Path(args.pid_file) if args.pid_file else None
     try:
+        if pid_file is not None:
+            _write_pid(pid_file)
         eventloop.run(serve(config, lambda: _load(args)))
     except (OSError, ConfigError) as exc:  # a port is taken, the state dir read-only...
         raise UsageError(str(exc)) from None
+    finally:
+        if pid_file is not None:
+            _remove_pid(pid_file)
     return EXIT_OK
+
+
+def _serve_logging(level: str, log_file: str | None) -> None:
+    """stderr (journald stamps it), or ``--log-file``: stamped lines, the file reopened
+    when logrotate moves it away (WatchedFileHandler)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handlers: list[logging.Handler] | None = None
+    if log_file is not None:
+        try:
+            handlers = [logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")]
+        except OSError as exc:
+            raise UsageError(f"--log-file: cannot open {log_file}: {exc.strerror}") from None
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, handlers=handlers)
+
+
+def _write_pid(path: Path) -> None:
+    """Write this process's id (atomically: a reader never sees a half-written file)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        partial.write_text(f"{os.getpid()}\n", encoding="ascii")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"--pid-file: cannot write {path}: {exc.strerror}") from None
+
+
+def _remove_pid(path: Path) -> None:
+    """Remove the PID file if it still names this process (not a successor's)."""
+    try:
+        if path.read_text(encoding="ascii").strip() == str(os.getpid()):
+            path.unlink()
+    except (OSError, UnicodeDecodeError):
+        pass
 
 
 def _credentials_line(config: Config) -> str:

@@ -129,6 +129,10 @@ def _serve(sub: Any, run: Command) -> None:
     p.add_argument("--agi", metavar="HOST:PORT", help="FastAGI listener (127.0.0.1:4573)")
     p.add_argument("--state-dir", metavar="DIR", help="default /var/lib/stird")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-file", metavar="FILE",
+                   help="append the log here (reopened when rotated), not stderr")  # fmt: skip
+    p.add_argument("--pid-file", metavar="FILE",
+                   help="write the process id here at start, remove it at stop")  # fmt: skip
     p.set_defaults(func=run)
 
 
