@@ -352,9 +352,25 @@ def test_offline_tools_in_the_sandbox(tmp_path: Path) -> None:
 # ---------------------------------------------------------- install.sh ----
 
 
-def test_install_script_syntax_and_shellcheck() -> None:
-    script = ROOT / "scripts" / "install.sh"
+SCRIPTS = ["install.sh", "test.sh"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_syntax_and_shellcheck(name: str) -> None:
+    script = ROOT / "scripts" / name
     syntax = run("bash", "-n", script)
     assert syntax.returncode == 0, syntax.stderr
     check = run(tool("shellcheck", "shellcheck"), script)
     assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_wait_for_the_dpkg_lock(name: str) -> None:
+    """A fresh Debian runs unattended-upgrades at boot: apt-get must wait for its lock,
+    not fail at once."""
+    text = (ROOT / "scripts" / name).read_text()
+    calls = [line for line in text.splitlines()
+             if "apt-get" in line and not line.lstrip().startswith(("#", "say"))]  # fmt: skip
+    assert calls, name
+    for line in calls:
+        assert "DPkg::Lock::Timeout=" in line or '"${apt[@]}"' in line, line
