@@ -103,7 +103,8 @@ class CredentialConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    redis: str | None = None  # e.g. redis://127.0.0.1:6379/0, shared by several instances
+    # e.g. redis://127.0.0.1:6379/0, shared by several instances; may carry a password
+    redis: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,12 @@ def test_ami_secret_never_in_repr(tmp_path: Path) -> None:
     assert settings.secret == SECRET and SECRET not in repr(settings)
 
 
+def test_redis_password_never_in_repr() -> None:
+    config = parse_config({"store": {"redis": f"redis://:{SECRET}@10.0.0.5:6379/0"}})
+    assert config.store.redis is not None and SECRET in config.store.redis
+    assert SECRET not in repr(config) and SECRET not in repr(config.store)
+
+
 @pytest.mark.parametrize("mode", [0o600, 0o400])
 def test_ami_secret_file_owner_only_accepted(tmp_path: Path, mode: int) -> None:
     secret = tmp_path / "ami.secret"
