@@ -40,8 +40,10 @@ install_packages() {
   command -v curl >/dev/null || missing+=(curl)
   ((${#missing[@]})) || return 0
   say "apt-get install ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  # wait for a running apt/unattended-upgrades to release the dpkg lock instead of failing
+  local apt=(apt-get -o DPkg::Lock::Timeout=300)
+  "${apt[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq --no-install-recommends \
     "${missing[@]}" ca-certificates
 }
 

@@ -1,9 +1,10 @@
 """A throwaway redis-server for the tests (a pytest plugin module).
 
-``redis_url`` starts ``/usr/bin/redis-server`` once per session on a free loopback port,
+``redis_url`` starts redis-server (tests/peers.py finds it; ``STIRD_TEST_REDIS_SERVER``
+overrides) once per session on a free loopback port,
 without persistence, and stops it at the end; ``redis_store`` gives each test a
 :class:`~stird.adapters.store_redis.RedisStore` with its own key prefix. A missing
-redis-server is an error, not a skip: the Redis code paths must be tested.
+redis-server fails under ``CI`` and skips otherwise (tests/peers.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from pathlib import Path
 import pytest
 
 from stird.adapters.store_redis import RedisStore
+from tests.peers import require_peer
 
-REDIS_SERVER = os.environ.get("STIRD_TEST_REDIS_SERVER", "/usr/bin/redis-server")
 STARTUP_TIMEOUT = 10.0
+
+
+def redis_server() -> str:
+    """``STIRD_TEST_REDIS_SERVER``, else redis-server where tests/peers.py finds it."""
+    return os.environ.get("STIRD_TEST_REDIS_SERVER") or require_peer("redis-server")
 
 
 def free_port() -> int:
@@ -64,11 +70,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis://127.0.0.1:PORT/0`` of a private redis-server for this test session."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        pytest.fail(f"{REDIS_SERVER} not found: install redis-server (Debian package redis-server)")
+    server = redis_server()
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
-    argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+    argv = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
             "--appendonly", "no", "--daemonize", "no", "--dir", str(workdir)]  # fmt: skip
     log = workdir / "redis.log"
     with log.open("wb") as out:

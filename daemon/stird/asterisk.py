@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from stird.adapters import keyfiles
 from stird.adapters.agi import AgiServer
 from stird.adapters.ami import AmiClient, AmiSettings
 from stird.adapters.api import StirApi
@@ -30,12 +31,18 @@ class AsteriskLink:
 
 
 def ami_secret(config: AsteriskConfig) -> str:
+    """The AMI secret: inline, or from a file refused when group/world-accessible (like
+    private keys and the API token: keyfiles.check_private_mode)."""
     if config.ami_secret_file is None:
         return config.ami_secret or ""
     try:
-        return config.ami_secret_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"[asterisk] ami_secret_file: cannot read ({exc})") from None
+        return keyfiles.read_private_file(config.ami_secret_file).decode("utf-8").strip()
+    except keyfiles.KeyFileError as exc:
+        raise ConfigError(f"[asterisk] ami_secret_file: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"[asterisk] ami_secret_file: {config.ami_secret_file} is not UTF-8 text"
+        ) from None
 
 
 def ami_settings(config: AsteriskConfig) -> AmiSettings:

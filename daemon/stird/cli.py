@@ -6,13 +6,17 @@
                   --issuer-cert C] --out CERT.pem
     stird sign    --key KEY --x5u URL --orig ID --dest ID [...] [--ppt msec|shaken|none]
                   [--attest A|B|C] [--origid UUID] [--sdp FILE] [--iat EPOCH] [--compact]
-    stird verify  --identity VALUE [...] [--from URI] [--to URI] [--date HTTP-DATE]
+    stird verify  --identity VALUE [...] [--from ID] [--to ID] [--date HTTP-DATE]
                   [--sdp FILE] (--cert PEM | --trust-anchor PEM ... | --fetch ...)
                   [--now EPOCH] [--max-age SECONDS]
     stird decode  VALUE
+    stird serve   [--config FILE] [--http|--jsonrpc|--agi HOST:PORT|off] [--state-dir DIR]
+                  [--log-level L] [--log-file FILE] [--pid-file FILE]
+    stird check-config [--config FILE]
     stird cps serve [--config FILE] [--listen HOST:PORT] [--state-dir DIR] [--redis URL]
 
-Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error.
+Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error,
+141 stdout closed early (``| head``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import logging.handlers
 import os
 import ssl
 import sys
@@ -54,6 +59,7 @@ from stird.services.verdicts import CallVerdict, ServicePolicy
 from stird.services.verification import VerificationService
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE: `stird verify ... | head`
 
 
 class UsageError(Exception):
@@ -242,17 +248,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = _load(args)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    logging.basicConfig(
-        level=getattr(logging, (args.log_level or config.log_level).upper()),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _serve_logging(args.log_level or config.log_level, args.log_file)
     from stird.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
 
+    pid_file = Path(args.pid_file) if args.pid_file else None
     try:
+        if pid_file is not None:
+            _write_pid(pid_file)
         eventloop.run(serve(config, lambda: _load(args)))
     except (OSError, ConfigError) as exc:  # a port is taken, the state dir read-only...
         raise UsageError(str(exc)) from None
+    finally:
+        if pid_file is not None:
+            _remove_pid(pid_file)
     return EXIT_OK
+
+
+def _serve_logging(level: str, log_file: str | None) -> None:
+    """stderr (journald stamps it), or ``--log-file``: stamped lines, the file reopened
+    when logrotate moves it away (WatchedFileHandler)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handlers: list[logging.Handler] | None = None
+    if log_file is not None:
+        try:
+            handlers = [logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")]
+        except OSError as exc:
+            raise UsageError(f"--log-file: cannot open {log_file}: {exc.strerror}") from None
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, handlers=handlers)
+
+
+def _write_pid(path: Path) -> None:
+    """Write this process's id (atomically: a reader never sees a half-written file)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        partial.write_text(f"{os.getpid()}\n", encoding="ascii")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"--pid-file: cannot write {path}: {exc.strerror}") from None
+
+
+def _remove_pid(path: Path) -> None:
+    """Remove the PID file if it still names this process (not a successor's)."""
+    try:
+        if path.read_text(encoding="ascii").strip() == str(os.getpid()):
+            path.unlink()
+    except (OSError, UnicodeDecodeError):
+        pass
+
+
+def _credentials_line(config: Config) -> str:
+    """What the daemon would sign with (app.signing_credentials)."""
+    if not config.credentials:
+        dev = config.server.state_dir / "dev"
+        return f"no [[credential]]: the daemon signs with the development credential in {dev}"
+    names = ", ".join(c.name for c in config.credentials)
+    return f"{len(config.credentials)} credential(s): {names}"
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -269,7 +321,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         keys.load_certs(cred.cert)
     for anchor in config.verify.trust_anchors:
         keys.load_certs(anchor)
-    print(f"{path or 'embedded default'}: OK ({len(config.credentials)} credential(s))")
+    print(f"{path or 'embedded default'}: OK ({_credentials_line(config)})")
     return EXIT_OK
 
 
@@ -292,6 +344,17 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
 
+def _quiet_stdout() -> None:
+    """The reader went away: point stdout at /dev/null so the final flush at exit has
+    nowhere to fail (Python's documented way, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured in-process): nothing to flush
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -300,6 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
     except (UsageError, keys.KeyFileError) as exc:
         print(f"stird {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

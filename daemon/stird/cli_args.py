@@ -95,8 +95,8 @@ def _sign(sub: Any, run: Command) -> None:
 def _verify(sub: Any, run: Command) -> None:
     p = sub.add_parser("verify", help="verify Identity headers; prints a JSON verdict")
     p.add_argument("--identity", required=True, action="append", metavar="VALUE")
-    p.add_argument("--from", dest="from_", metavar="URI")
-    p.add_argument("--to", metavar="URI")
+    p.add_argument("--from", dest="from_", metavar="ID", help="TN, URI or From header value")
+    p.add_argument("--to", metavar="ID", help="TN, URI or To header value")
     p.add_argument("--date", metavar="HTTP-DATE")
     p.add_argument("--sdp", metavar="FILE")
     p.add_argument("--cert", metavar="PEM", help="use this certificate (chain) for every info")
@@ -129,6 +129,10 @@ def _serve(sub: Any, run: Command) -> None:
     p.add_argument("--agi", metavar="HOST:PORT", help="FastAGI listener (127.0.0.1:4573)")
     p.add_argument("--state-dir", metavar="DIR", help="default /var/lib/stird")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-file", metavar="FILE",
+                   help="append the log here (reopened when rotated), not stderr")  # fmt: skip
+    p.add_argument("--pid-file", metavar="FILE",
+                   help="write the process id here at start, remove it at stop")  # fmt: skip
     p.set_defaults(func=run)
 
 

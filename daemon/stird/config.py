@@ -106,7 +106,8 @@ class CredentialConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    redis: str | None = None  # e.g. redis://127.0.0.1:6379/0, shared by several instances
+    # e.g. redis://127.0.0.1:6379/0, shared by several instances; may carry a password
+    redis: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,7 @@ class AsteriskConfig:
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "stird"
-    ami_secret: str | None = None
+    ami_secret: str | None = field(default=None, repr=False)
     ami_secret_file: Path | None = None
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from stird.core.errors import Check, StirError
 from stird.core.tn import (
+    MAX_TN_LENGTH,
     IdKind,
     PartyId,
     addr_spec,
@@ -181,7 +182,7 @@ def test_party_from_uri(uri: str, region: str | None, expected: PartyId) -> None
     assert party_from_uri(uri, default_region=region) == expected
 
 
-@pytest.mark.parametrize("uri", ["", "sip:a@b@c", "tel:", "+12025550100", "<sip:a@b>"])
+@pytest.mark.parametrize("uri", ["", "sip:a@b@c", "tel:", "+", "12a", "<sip:a@b>"])
 def test_party_from_uri_rejects(uri: str) -> None:
     with pytest.raises(StirError) as info:
         party_from_uri(uri)
@@ -303,6 +304,47 @@ def test_region_applies_to_headers() -> None:
     assert party_from_pai("<tel:202-555-0100;phone-context=x.example>", default_region="US") == (
         PartyId(TN, "12025550100")
     )
+
+
+# --- a bare telephone number where a URI or header value is expected (README "IDs") -------
+
+PARTY_PARSERS = {"from/to": party_from_header, "pai": party_from_pai, "ruri": party_from_uri}
+
+
+@pytest.mark.parametrize("where", sorted(PARTY_PARSERS))
+@pytest.mark.parametrize(
+    ("value", "region", "expected"),
+    [
+        ("+12025550100", None, PartyId(TN, "12025550100")),
+        ("12025550100", None, PartyId(TN, "12025550100")),
+        (" +12025550100 ", None, PartyId(TN, "12025550100")),
+        ("+1 202-555-0100", None, PartyId(TN, "12025550100")),
+        ("+1 (202) 555.0100", None, PartyId(TN, "12025550100")),
+        ("2025550100", "US", PartyId(TN, "12025550100")),  # national, with a default region
+        ("2025550100", None, PartyId(TN, "2025550100")),  # as written without one
+        ("+442079460000", "US", PartyId(TN, "442079460000")),  # "+": never the region's
+        # URIs (and so addr-specs) read as before; name-addrs: test_party_from_header/_pai
+        ("sip:+12025550100@pbx.example.com;user=phone", None, PartyId(TN, "12025550100")),
+        ("tel:+12025550100", None, PartyId(TN, "12025550100")),
+        ("sip:alice@example.com", None, PartyId(URI, "sip:alice@example.com")),
+    ],
+)  # fmt: skip
+def test_bare_telephone_number_is_a_tn(
+    where: str, value: str, region: str | None, expected: PartyId
+) -> None:
+    assert PARTY_PARSERS[where](value, default_region=region) == expected
+
+
+@pytest.mark.parametrize("where", sorted(PARTY_PARSERS))
+@pytest.mark.parametrize(
+    "value",
+    ["+", "", "   ", "12025550100x", "+1202555010O", "1" * (MAX_TN_LENGTH + 1), "1" * 200,
+     "+12025550100, +12025550101", "12025550100;tag=1", "#12", "alice"],
+)  # fmt: skip
+def test_not_a_bare_telephone_number_is_still_a_bad_request(where: str, value: str) -> None:
+    with pytest.raises(StirError) as info:
+        PARTY_PARSERS[where](value)
+    assert info.value.code == 400
 
 
 # --- parse_cli_id ---------------------------------------------------------------------------

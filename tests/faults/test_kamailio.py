@@ -25,7 +25,6 @@ from tests.kamailio.harness import (
     Lab,
     Sipp,
     header_values,
-    missing_prerequisite,
     new_lab,
     stop_lab,
     wait_until,
@@ -79,9 +78,6 @@ async def test_rpc_client_survives_a_kamailio_restart() -> None:
 # ---------------------------------------------------------------------------- real Kamailio
 
 TIMEOUT_MS = 500
-needs_kamailio = pytest.mark.skipif(
-    missing_prerequisite() is not None, reason=str(missing_prerequisite())
-)
 
 
 @pytest.fixture
@@ -108,7 +104,6 @@ def _connections(lab: Lab) -> int:
     return lab.kamailio.log().count(f"Connected to host 127.0.0.1:{lab.stird.jsonrpc_port}")
 
 
-@needs_kamailio
 def test_stird_restarted_while_kamailio_sends(lab: Lab, tmp_path: Path) -> None:
     sipp = Sipp(tmp_path)
     try:
@@ -129,7 +124,6 @@ def test_stird_restarted_while_kamailio_sends(lab: Lab, tmp_path: Path) -> None:
         sipp.stop_all()
 
 
-@needs_kamailio
 def test_kamailio_restarted_while_stird_runs(lab: Lab, tmp_path: Path) -> None:
     sipp = Sipp(tmp_path)
     try:

@@ -27,7 +27,7 @@ from stird.core.verdict import SipFacts
 from stird.services.authentication import SignInput
 from stird.services.stores import FallbackStore
 from tests.faults.helpers import CALLEE, CALLER, get_text, post, running, server_config, within
-from tests.fixtures_redis import REDIS_SERVER, _stop, _wait_ready, free_port
+from tests.fixtures_redis import _stop, _wait_ready, free_port, redis_server
 
 STORE_TIMEOUT = 0.3
 BACKOFF = 5.0
@@ -46,7 +46,7 @@ class OwnRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        argv = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+        argv = [redis_server(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir)]  # fmt: skip
         log = self.dir / "redis.log"
         with log.open("ab") as out:

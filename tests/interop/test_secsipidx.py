@@ -4,8 +4,6 @@ secsipidx also fetches stird's certificate over HTTP from the `x5u` URL."""
 
 from __future__ import annotations
 
-import functools
-import shutil
 import socket
 import subprocess
 import time
@@ -17,17 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, Signer
+from tests.peers import require_peer
 
 FROM = "sip:+12025550100@pbx.example.com;user=phone"
 TO = "tel:+12025550101"
 
 
-@functools.cache
 def secsipidx() -> str:
-    path = shutil.which("secsipidx")
-    if path is None:
-        pytest.fail("secsipidx is not installed: scripts/test.sh installs the Debian package")
-    return path
+    return require_peer("secsipidx")
 
 
 def run_secsipidx(*args: object) -> subprocess.CompletedProcess[str]:

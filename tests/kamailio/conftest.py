@@ -7,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.kamailio.harness import Lab, Sipp, missing_prerequisite, new_lab, stop_lab
+from tests.kamailio.harness import Lab, Sipp, Tools, new_lab, stop_lab, tools
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = missing_prerequisite()
-    if reason is None:
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.skip(reason=reason))
+@pytest.fixture(scope="session", autouse=True)
+def peers() -> Tools:
+    """Kamailio, SIPp, kamcli and the modules: missing, every test here fails under CI
+    (tests/peers.py), skips otherwise."""
+    return tools()
 
 
 @pytest.fixture(scope="module")

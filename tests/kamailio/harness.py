@@ -11,6 +11,8 @@ Everything is started by the fixtures on free ports of 127.0.0.1 and killed at t
   stderr goes straight to a file (no logger process between them: a logger child makes
   Kamailio's main process wait for it forever on SIGTERM). Ready when janssonrpcc has
   connected to stird.
+* Peers: found by tests/peers.py (Debian location, then PATH; Kamailio's module
+  directory from ``kamailio -I``); a missing one fails under ``CI``, skips otherwise.
 * SIPp: the UAS (next hop) in the background, the UAC in the foreground, each with
   ``-trace_msg`` / ``-trace_logs`` files the tests read.
 """
@@ -18,11 +20,11 @@ Everything is started by the fixtures on free ports of 127.0.0.1 and killed at t
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,30 +37,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.peers import kamailio_module_dir, missing, require_peer
+
 REPO = Path(__file__).resolve().parents[2]
 KAM_DIR = REPO / "integrations" / "kamailio"
 SIPP_DIR = KAM_DIR / "sipp"
-MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 STIRD = Path(sys.executable).parent / "stird"
 HOST = "127.0.0.1"
 
 # ---------------------------------------------------------------------------- prerequisites
 
+MODULES_NEEDED = (
+    ("janssonrpcc.so", "kamailio-extra-modules"),
+    ("jansson.so", "kamailio-extra-modules"),
+    ("http_client.so", "kamailio-utils-modules"),
+)
 
-def missing_prerequisite() -> str | None:
-    for tool, package in (("kamailio", "kamailio"), ("sipp", "sip-tester"), ("kamcli", "kamcli")):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (Debian package {package})"
-    for module, package in (
-        ("janssonrpcc.so", "kamailio-extra-modules"),
-        ("jansson.so", "kamailio-extra-modules"),
-        ("http_client.so", "kamailio-utils-modules"),
-    ):
-        if not (MODULES / module).exists():
-            return f"{MODULES / module} missing (Debian package {package})"
+
+@dataclass(frozen=True)
+class Tools:
+    """Where the peers are (tests/peers.py finds them) and Kamailio's module directory."""
+
+    kamailio: str
+    sipp: str
+    kamcli: str
+    modules: Path
+
+
+@functools.cache
+def tools() -> Tools:
+    """The peers of these tests; a missing one fails the test under CI, skips it otherwise."""
+    kamailio = require_peer("kamailio")
+    sipp, kamcli = require_peer("sipp"), require_peer("kamcli")
+    modules = kamailio_module_dir(kamailio)
+    for module, package in MODULES_NEEDED:
+        if not (modules / module).exists():
+            missing(f"{modules / module} missing (Debian package {package})")
     if not STIRD.exists():
-        return f"{STIRD} missing (pip install -e .)"
-    return None
+        missing(f"{STIRD} missing (pip install -e .)")
+    return Tools(kamailio, sipp, kamcli, modules)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -276,13 +293,15 @@ class Kamailio:
             "STIRD_URL": f'"http://{HOST}:{self.stird.http_port}"',
             **self.defines,
         }
-        argv = ["kamailio", "-f", str(KAM_DIR / self.cfg), "-DD", "-E"]
+        argv = [tools().kamailio, "-f", str(KAM_DIR / self.cfg), "-DD", "-E"]
+        argv += ["-L", str(tools().modules)]
         argv += ["-Y", str(self.run_dir), "-w", str(self.dir), "-m", "64", "-M", "16"]
         for name, value in defines.items():
             argv += ["-A", f"{name}={value}"]
         return argv
 
     def start(self) -> Kamailio:
+        tools()  # before anything starts: a missing peer fails (CI) or skips here
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.proc = Proc("kamailio", self.argv(), self.dir / "kamailio.log", cwd=self.dir)
         wait_until("Kamailio connected to stird", self._ready, 20)
@@ -312,7 +331,7 @@ class Kamailio:
             (KAM_DIR / "kamcli.ini").read_text().replace("/run/kamailio", str(self.run_dir))
         )
         done = subprocess.run(
-            ["kamcli", "--no-default-configs", "-c", str(ini), *argv],
+            [tools().kamcli, "--no-default-configs", "-c", str(ini), *argv],
             capture_output=True,
             text=True,
             timeout=30,
@@ -408,7 +427,7 @@ class Sipp:
     ) -> tuple[list[str], Path, Path]:
         logs, messages = self.where / f"{name}.logs", self.where / f"{name}.messages"
         media = free_ports(4)
-        argv = ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", HOST, "-p", str(port)]
+        argv = [tools().sipp, "-sf", str(SIPP_DIR / scenario), "-i", HOST, "-p", str(port)]
         argv += ["-mp", str(media), "-m", "1", "-nostdin", "-timeout", "20s"]
         argv += [
             "-trace_msg",
@@ -514,6 +533,7 @@ def new_lab(
     defines: dict[str, str] | None = None,
     cfg: str = "kamailio.cfg",
 ) -> Lab:
+    tools()  # before stird starts
     stird = new_stird(where / "stird", stird_config)
     base = free_ports(5)
     kam = Kamailio(

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from stird.app import Daemon
+from stird.asterisk import ami_secret, ami_settings
 from stird.config import AsteriskConfig, Config, ConfigError, HostPort, parse_config
 from tests.asterisk_fakes import FakeAmi, FakeChannel, inbound_env, run_agi
 
@@ -52,6 +53,7 @@ async def test_daemon_serves_agi_and_follows_ami(tmp_path: Path) -> None:
     await fake.start()
     secret = tmp_path / "ami.secret"
     secret.write_text("stird-ami-secret\n")
+    secret.chmod(0o600)
     server = replace(Config().server, http=HostPort("127.0.0.1", 0), jsonrpc=None,
                      agi=HostPort("127.0.0.1", 0), state_dir=tmp_path / "state")  # fmt: skip
     asterisk = AsteriskConfig(ami_enabled=True, ami_port=fake.port, ami_secret_file=secret)
@@ -80,3 +82,55 @@ async def test_daemon_serves_agi_and_follows_ami(tmp_path: Path) -> None:
         await daemon.stop()
         await fake.stop()
     assert fake.received[-1]["Action"] == "Logoff"
+
+
+# ------------------------------------------------------------ the AMI secret ----
+
+SECRET = "stird-ami-s3cret-value"
+
+
+def test_ami_secret_never_in_repr(tmp_path: Path) -> None:
+    """Logged or printed configuration never shows the AMI secret."""
+    asterisk = AsteriskConfig(ami_enabled=True, ami_secret=SECRET)
+    config = Config(asterisk=asterisk)
+    assert SECRET not in repr(asterisk) and SECRET not in repr(config)
+    assert SECRET not in str(config)
+    secret = tmp_path / "ami.secret"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    settings = ami_settings(AsteriskConfig(ami_enabled=True, ami_secret_file=secret))
+    assert settings.secret == SECRET and SECRET not in repr(settings)
+
+
+def test_redis_password_never_in_repr() -> None:
+    config = parse_config({"store": {"redis": f"redis://:{SECRET}@10.0.0.5:6379/0"}})
+    assert config.store.redis is not None and SECRET in config.store.redis
+    assert SECRET not in repr(config) and SECRET not in repr(config.store)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_ami_secret_file_owner_only_accepted(tmp_path: Path, mode: int) -> None:
+    secret = tmp_path / "ami.secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(mode)
+    assert ami_secret(AsteriskConfig(ami_secret_file=secret)) == SECRET
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o620, 0o602, 0o610])
+def test_ami_secret_file_readable_by_others_refused(tmp_path: Path, mode: int) -> None:
+    """Refused with the mode and the fix, like private keys and the API token."""
+    secret = tmp_path / "ami.secret"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(mode)
+    with pytest.raises(ConfigError, match=rf"ami_secret_file: .*mode {mode:04o}.*chmod 600"):
+        ami_secret(AsteriskConfig(ami_secret_file=secret))
+
+
+def test_ami_secret_file_missing_or_not_text(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ami_secret_file: cannot read"):
+        ami_secret(AsteriskConfig(ami_secret_file=tmp_path / "absent"))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    binary.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"ami_secret_file: .* not UTF-8"):
+        ami_secret(AsteriskConfig(ami_secret_file=binary))

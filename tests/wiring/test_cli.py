@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -47,6 +48,22 @@ def verify(cli: Cli, signer: Signer, value: str, *extra: object) -> tuple[int, d
     out = result.json()
     assert isinstance(out, dict)
     return result.code, out
+
+
+@pytest.mark.parametrize(
+    ("orig", "dest"), [("+12025550100", "+12025550101"), ("12025550100", "12025550101")]
+)
+def test_verify_takes_bare_telephone_numbers(
+    cli: Cli, signer: Signer, offer: Path, orig: str, dest: str
+) -> None:
+    """README: IDs may be telephone numbers, for --from/--to as for --orig/--dest."""
+    value = sign(cli, signer, "--sdp", offer)
+    result = cli("verify", "--identity", value, "--from", orig, "--to", dest,
+                 "--cert", signer.cert, "--sdp", offer)  # fmt: skip
+    assert result.code == 0 and result.json()["verdict"] == "valid", result  # type: ignore[index]
+    other = cli("verify", "--identity", value, "--from", "+12025550199", "--to", dest,
+                "--cert", signer.cert, "--sdp", offer)  # fmt: skip
+    assert other.code == 1, other
 
 
 def test_keygen_modes(signer: Signer) -> None:
@@ -206,6 +223,24 @@ def test_console_script_runs() -> None:
                           text=True, timeout=60, check=False)  # fmt: skip
     assert proc.returncode == 0
     assert "VALUE" in proc.stdout.upper()
+
+
+@pytest.mark.parametrize("command", ["verify", "decode"])
+def test_closed_pipe_ends_quietly(cli: Cli, signer: Signer, command: str) -> None:
+    """`stird verify ... | head`: the reader has gone; no traceback, exit 141 (SIGPIPE's)."""
+    value = sign(cli, signer, "--ppt", "shaken")
+    argv = {"verify": ["verify", "--identity", value, "--from", FROM, "--to", TO,
+                       "--cert", str(signer.cert)],
+            "decode": ["decode", value]}[command]  # fmt: skip
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already exited
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stird", *argv], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
+    assert proc.stderr == "", proc.stderr
 
 
 def test_verify_fetch_prints_the_full_verdict(cli: Cli, signer: Signer, served_cert: str) -> None:

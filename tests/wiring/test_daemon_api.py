@@ -89,6 +89,25 @@ async def test_sign_then_verify(http: tuple[aiohttp.ClientSession, str]) -> None
     assert {p["trust"] for p in verdict["passports"]} == {"anchor"}
 
 
+@pytest.mark.parametrize(
+    ("orig", "dest"),
+    [("+15551110000", "+15552220000"), ("15551110000", "15552220000"),
+     ("+1 555 111 0000", "tel:+15552220000")],
+)  # fmt: skip
+async def test_verify_takes_bare_telephone_numbers(
+    http: tuple[aiohttp.ClientSession, str], orig: str, dest: str
+) -> None:
+    """README "IDs": a telephone number may stand for From/To/PAI/R-URI; it is compared,
+    not waved through: another number is not the signed one."""
+    sign = await signed(http)
+    body = verify_body(sign, **{"from": orig, "to": dest, "pai": orig, "ruri": dest})
+    status, verdict = await post(http, "/v1/verify", body)
+    assert (status, verdict["verdict"]) == (200, "valid"), verdict
+    other = verify_body(sign, **{"from": "+15551110001", "to": dest})
+    status, verdict = await post(http, "/v1/verify", other)
+    assert status == 200 and verdict["verdict"] != "valid", verdict
+
+
 async def test_tampered_is_438_reject(http: tuple[aiohttp.ClientSession, str]) -> None:
     sign = await signed(http)
     token, rest = sign["identity"][0].split(";", 1)
@@ -231,6 +250,18 @@ async def test_reload_changes_policy(
     await daemon.reload(config(tmp_path, require_identity=True))
     status, verdict = await post(http, "/v1/verify", body)
     assert (status, verdict["code"], verdict["action"]) == (200, 428, "reject")
+
+
+async def test_uptime_survives_reload(
+    daemon: Daemon, http: tuple[aiohttp.ClientSession, str], tmp_path: Path
+) -> None:
+    """/healthz uptime counts from the daemon's start (monotonic clock), not the last SIGHUP."""
+    daemon.api.started -= 1000.0  # as if started 1000 s ago: no waiting in the test
+    session, base = http
+    await daemon.reload(config(tmp_path, require_identity=True))
+    async with session.get(base + "/healthz") as response:
+        health = await response.json()
+    assert health["uptime"] >= 1000.0, health
 
 
 async def test_failed_reload_keeps_running_config(daemon: Daemon, tmp_path: Path) -> None:

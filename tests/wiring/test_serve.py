@@ -90,6 +90,50 @@ def test_sighup_reloads_and_sigterm_stops(served: tuple[subprocess.Popen[str], i
     assert "DEVELOPMENT SETUP" in log and "reload failed" in log and "stopped" in log
 
 
+def test_without_systemd_pid_file_and_log_file(tmp_path: Path) -> None:
+    """README "Without systemd": --pid-file holds the PID while serving and is removed at
+    stop; --log-file gets the log (stamped) instead of stderr; SIGHUP/SIGTERM by the PID."""
+    pid_file, log_file = tmp_path / "run" / "stird.pid", tmp_path / "stird.log"
+    pid_file.parent.mkdir()
+    port = free_port()
+    argv = [sys.executable, "-m", "stird", "serve", "--http", f"127.0.0.1:{port}",
+            "--jsonrpc", "off", "--agi", "off", "--state-dir", str(tmp_path / "state"),
+            "--pid-file", str(pid_file), "--log-file", str(log_file)]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(proc, port)
+        assert pid_file.read_text() == f"{proc.pid}\n"
+        os.kill(int(pid_file.read_text()), signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration reloaded" not in log_file.read_text():
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.05)
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+    assert not pid_file.exists()
+    assert list(pid_file.parent.iterdir()) == []  # no partial file left either
+    log = log_file.read_text()
+    assert "DEVELOPMENT SETUP" in log and "stopped" in log
+    assert log.split()[0].count("-") == 2  # lines start with a date
+    assert proc.stderr is not None and "DEVELOPMENT SETUP" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize("option", ["--pid-file", "--log-file"])
+def test_unwritable_pid_or_log_file_is_a_clear_error(tmp_path: Path, option: str) -> None:
+    where = tmp_path / "missing-dir" / "x"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stird", "serve", "--http", "127.0.0.1:0", "--jsonrpc", "off",
+         "--agi", "off", "--state-dir", str(tmp_path / "state"), option, str(where)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"{option}: cannot" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -109,6 +153,9 @@ def test_check_config(cli: Cli, tmp_path: Path) -> None:
     good.write_text("[sign]\nppt = 'shaken'\n")
     result = cli("check-config", "--config", good)
     assert result.code == 0 and "OK" in result.out
+    # no [[credential]]: the daemon signs with the development one; say so, not "0"
+    assert "development credential in /var/lib/stird/dev" in result.out, result.out
+    assert "0 credential" not in result.out
     bad = tmp_path / "bad.toml"
     bad.write_text(
         "[[credential]]\nname = 'a'\nkey = '/nonexistent.key'\ncert = '/nonexistent.pem'\n"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from stird.adapters import keyfiles
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +136,30 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
         uid = int(passwd.split("stird:x:")[1].split(":")[0])
         assert (etc.stat().st_uid, etc.stat().st_gid) == (0, uid)
         assert (state.stat().st_uid, state.stat().st_gid) == (uid, uid)
+
+
+SECRET_MODE = re.compile(r"mode (0[0-7]{3})(?: or (0[0-7]{3}))?")
+OPERATOR_TEXTS = [*SYSTEMD.iterdir(), ROOT / "README.md", *(ROOT / "integrations").glob("*/*")]
+
+
+def test_file_modes_told_to_operators_are_ones_stird_accepts(tmp_path: Path) -> None:
+    """Every "mode 0NNN" the units, tmpfiles, README and integrations tell operators to give
+    a secret passes keyfiles.check_private_mode (a 0640 key would be refused at start)."""
+    told: dict[str, set[str]] = {}
+    for path in OPERATOR_TEXTS:
+        if path.is_file():
+            for match in SECRET_MODE.finditer(path.read_text(errors="replace")):
+                for mode in filter(None, match.groups()):
+                    told.setdefault(mode, set()).add(path.name)
+    assert told, "no file mode found in the operator texts"
+    probe = tmp_path / "secret"
+    probe.write_text("x")
+    for mode, where in told.items():
+        probe.chmod(int(mode, 8))
+        try:
+            keyfiles.check_private_mode(probe)
+        except keyfiles.KeyFileError as exc:
+            pytest.fail(f"{sorted(where)} tell operators mode {mode}, which stird refuses: {exc}")
 
 
 # ------------------------------------------------------------ sd_notify ----
@@ -327,9 +352,25 @@ def test_offline_tools_in_the_sandbox(tmp_path: Path) -> None:
 # ---------------------------------------------------------- install.sh ----
 
 
-def test_install_script_syntax_and_shellcheck() -> None:
-    script = ROOT / "scripts" / "install.sh"
+SCRIPTS = ["install.sh", "test.sh"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_syntax_and_shellcheck(name: str) -> None:
+    script = ROOT / "scripts" / name
     syntax = run("bash", "-n", script)
     assert syntax.returncode == 0, syntax.stderr
     check = run(tool("shellcheck", "shellcheck"), script)
     assert check.returncode == 0, check.stdout
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_wait_for_the_dpkg_lock(name: str) -> None:
+    """A fresh Debian runs unattended-upgrades at boot: apt-get must wait for its lock,
+    not fail at once."""
+    text = (ROOT / "scripts" / name).read_text()
+    calls = [line for line in text.splitlines()
+             if "apt-get" in line and not line.lstrip().startswith(("#", "say"))]  # fmt: skip
+    assert calls, name
+    for line in calls:
+        assert "DPkg::Lock::Timeout=" in line or '"${apt[@]}"' in line, line

@@ -25,7 +25,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from panoramisk.actions import Action
@@ -52,7 +52,7 @@ class AmiSettings:
     host: str = "127.0.0.1"
     port: int = 5038
     user: str = "stird"
-    secret: str = ""
+    secret: str = field(default="", repr=False)
     timeout: float = 2.0  # connect, login and each action
     backoff_min: float = 0.5
     backoff_max: float = 30.0

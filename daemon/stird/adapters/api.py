@@ -39,7 +39,6 @@ class Runtime:
     verifier: VerificationService
     region: str | None = None
     certificates: Mapping[str, bytes] = field(default_factory=dict)  # name -> PEM chain
-    started: float = field(default_factory=time.time)
     notes: tuple[str, ...] = ()
     oob: OobRuntime | None = None
 
@@ -68,6 +67,7 @@ class StirApi:
         self.health: dict[str, Any] = {}
         self.dialogs = DialogApi()  # the msec dialog policy ([dialog]); off by default
         self.shedder: LoadShedder | None = None  # refuses sign/verify while stird is behind
+        self.started = time.monotonic()  # /healthz uptime: from daemon start, across reloads
 
     def admit(self, interface: str = "api") -> None:
         """Raise :class:`~stird.adapters.overload.Overloaded` while stird is behind."""
@@ -166,7 +166,7 @@ class StirApi:
         runtime = self.runtime
         return {
             "status": "ok",
-            "uptime": round(time.time() - runtime.started, 1),
+            "uptime": round(time.monotonic() - self.started, 1),
             "credentials": [c.name for c in runtime.auth.credentials],
             "notes": list(runtime.notes),
             **self.health,

@@ -289,10 +289,22 @@ def _is_labelled_tn(uri: str) -> bool:
     return scheme == "tel" or (scheme in ("sip", "sips") and _user_phone(_SIP_URI.fullmatch(rest)))
 
 
+def _bare_tn(text: str, region: str | None) -> PartyId | None:
+    """A bare telephone number (``+12025550100``, ``12025550100``; the operators' syntax
+    of :func:`parse_cli_id`) given where a URI or header value is expected, else None.
+    No SIP URI or header value is all digits, so nothing else is read differently."""
+    stripped = text.strip()
+    if len(stripped) > MAX_TN_TEXT or not _DIALABLE.fullmatch(stripped):
+        return None
+    return PartyId(IdKind.TN, canonicalize_tn(stripped, default_region=region))
+
+
 def party_from_uri(uri: str, *, default_region: str | None = None) -> PartyId:
     """RFC 8224 §8.1: a tel URI or a SIP URI with ``user=phone`` is a TN; a SIP user part
     of dialable digits is one by local policy; anything else, or a number that does not
-    canonicalise, is a URI (§8.5). Malformed URIs → 400."""
+    canonicalise, is a URI (§8.5). A bare telephone number is a TN. Malformed URIs → 400."""
+    if (bare := _bare_tn(uri, default_region)) is not None:
+        return bare
     scheme, rest = _split_uri(uri)
     tn: str | None = None
     if scheme == "tel":
@@ -385,13 +397,19 @@ def addr_spec(header_value: str) -> str:
 
 
 def party_from_header(header_value: str, *, default_region: str | None = None) -> PartyId:
-    """The identity of a From or To header value (RFC 8224 §8.1)."""
+    """The identity of a From or To header value (RFC 8224 §8.1), or of a bare telephone
+    number given in its place."""
+    if (bare := _bare_tn(header_value, default_region)) is not None:
+        return bare
     return party_from_uri(addr_spec(header_value), default_region=default_region)
 
 
 def party_from_pai(header_value: str, *, default_region: str | None = None) -> PartyId:
     """The identity of a P-Asserted-Identity value (RFC 3325 §9.1; RFC 8224 §8): among
-    several entries, a tel: or user=phone TN first, then any TN, then the first entry."""
+    several entries, a tel: or user=phone TN first, then any TN, then the first entry.
+    A bare telephone number is a TN."""
+    if (bare := _bare_tn(header_value, default_region)) is not None:
+        return bare
     uris = addr_specs(header_value)
     parties = [(uri, party_from_uri(uri, default_region=default_region)) for uri in uris]
     tns = [(uri, party) for uri, party in parties if party.kind is IdKind.TN]
