@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from stird.adapters.certfetch import FetchPolicy, VettingResolver, is_public_address
@@ -46,6 +47,15 @@ MAX_BODY = 2 * 1024 * 1024  # a busy number's list: 100 entries and dummies at 8
 MAX_KEYS = 64
 _CHUNK = 16384
 _MAX_URL = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class StoreIdentity:
+    """Who signs RFC 8816 stores (``Authorization: Bearer``, :func:`stird.core.cps.store_token`):
+    a CPS that trusts the credential counts them under their signer's own quota."""
+
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +126,13 @@ class HttpCpsClient:
         policy: FetchPolicy,
         *,
         atis_identity: AtisIdentity | None = None,
+        store_identity: StoreIdentity | None = None,
         ssl_context: ssl.SSLContext | None = None,
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy, self._atis, self._clock = policy, atis_identity, clock
+        self._signer = store_identity
         self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
         self._inner_resolver = resolver
         self._session: aiohttp.ClientSession | None = None
@@ -202,8 +214,12 @@ class HttpCpsClient:
     async def store_sealed(self, cps_url: str, tn: str, entries: Sequence[SealedEntry]) -> None:
         content_type, body = cps.store_body(entries)
         url = f"{cps_url.rstrip('/')}{cps.collection_path(tn)}"
-        await self._request("POST", url, body=body, headers={"Content-Type": content_type},
-                            expect=(200, 201))  # fmt: skip
+        headers = {"Content-Type": content_type}
+        if self._signer is not None:
+            token = cps.store_token(tn, body, key=self._signer.key, chain=self._signer.chain,
+                                    now=int(self._clock()), jti=uuid.uuid4().hex)  # fmt: skip
+            headers["Authorization"] = f"Bearer {token}"
+        await self._request("POST", url, body=body, headers=headers, expect=(200, 201))
 
     async def fetch_sealed(self, cps_url: str, tn: str) -> tuple[SealedEntry, ...]:
         url = f"{cps_url.rstrip('/')}{cps.collection_path(tn)}"
@@ -259,4 +275,4 @@ class HttpCpsClient:
             await resolver.close()
 
 
-__all__ = ["AtisIdentity", "HttpCpsClient", "default_policy"]
+__all__ = ["AtisIdentity", "HttpCpsClient", "StoreIdentity", "default_policy"]
