@@ -266,7 +266,7 @@ class Daemon:
         token = load_token(server.token_file) if server.token_file is not None else None
         warn_if_insecure(server)
         app = build_app(self.api, max_body=server.max_body, token=token)
-        self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir)
+        self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir, self.shedder)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self.jsonrpc_address: tuple[str, int] | None = None

@@ -97,7 +97,7 @@ def build_cps(config: Config, state_dir: Path, redis: str | None = None) -> CpsP
     fetcher = fetcher_for(config)
     cache = CertificateCache(fetcher)
     directory = KeyDirectory(keys, policy, credentials=cache, dev_wildcard=wildcard)
-    service = CpsService(store, CpsPolicy(), suites=directory.suites)
+    service = CpsService(store, CpsPolicy(), suites=directory.suites, signers=policy)
     parts = CpsParts(service, directory, build_cps_app(service, directory, ping=ping))
     parts.closers += [fetcher.close, cache.close]
     for closable in (store, keys):

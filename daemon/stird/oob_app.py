@@ -22,8 +22,14 @@ from aiohttp import web
 from stird.adapters import enckeys
 from stird.adapters.api import OobRuntime
 from stird.adapters.certfetch import FetchPolicy
-from stird.adapters.cps_client import AtisIdentity, HttpCpsClient, default_policy
+from stird.adapters.cps_client import (
+    AtisIdentity,
+    HttpCpsClient,
+    StoreIdentity,
+    default_policy,
+)
 from stird.adapters.cps_server import add_cps_routes
+from stird.adapters.overload import LoadShedder
 from stird.config import Config, ConfigError
 from stird.core.oob import DecryptionKey
 from stird.cps_app import CpsParts, build_cps, ensure_dev_enc_key
@@ -88,6 +94,12 @@ def _atis_identity(config: Config, creds: Sequence[SigningCredential]) -> AtisId
     return AtisIdentity(chosen.key, chosen.x5u, o.atis_spc)
 
 
+def _store_identity(creds: Sequence[SigningCredential]) -> StoreIdentity | None:
+    """Stores are signed with the first credential: a CPS trusting it gives stird's
+    publications a quota no anonymous flood can take (RFC 8816 §7.5)."""
+    return StoreIdentity(creds[0].key, tuple(creds[0].chain)) if creds else None
+
+
 def build_oob(
     config: Config, creds: Sequence[SigningCredential], own_cps: str
 ) -> tuple[OobRuntime | None, HttpCpsClient | None]:
@@ -104,6 +116,7 @@ def build_oob(
     client = HttpCpsClient(
         _fetch_policy(config, own),
         atis_identity=_atis_identity(config, creds),
+        store_identity=_store_identity(creds),
         ssl_context=ssl.create_default_context(),
     )
     keys = _decryption_keys(config)
@@ -113,13 +126,18 @@ def build_oob(
     return OobRuntime(publisher, OobVerification(retriever, region)), client
 
 
-def mount_cps(app: web.Application, config: Config, state_dir: Path) -> CpsParts | None:
+def mount_cps(
+    app: web.Application, config: Config, state_dir: Path, shedder: LoadShedder | None = None
+) -> CpsParts | None:
     """On the embedded default, the CPS routes on ``app`` (memory store, or Redis with
-    ``[store] redis``); the development key is published for every number."""
+    ``[store] redis``); the development key is published for every number. With
+    ``shedder``, CPS requests are refused (503) from half its lag threshold, so a CPS
+    flood is turned away before sign/verify would be shed."""
     if not embedded_cps(config):
         return None
     parts = build_cps(config, state_dir)
-    add_cps_routes(app, parts.service, parts.directory)
+    lagging = None if shedder is None else shedder.behind
+    add_cps_routes(app, parts.service, parts.directory, lagging=lagging)
     log.warning(
         "DEVELOPMENT CPS mounted in-process (/cps, /keys): the development encryption key "
         "is published for EVERY number; configure [oob] cps for production"

@@ -391,3 +391,57 @@ async def test_malformed_shared_value_is_ignored(fetcher: FakeFetcher, clock: Fa
     other = CertificateCache(FakeFetcher(), shared=shared, clock=clock)
     assert (await other.credential(URL)).chain == CHAIN  # the fetch overwrote it
     assert other.stats.shared_hits == 1
+
+
+class HeavyFailure(FakeFetcher):
+    """Fails like a real fetcher would: raising from inside frames that hold a response-
+    sized buffer, with a long detail naming the URL."""
+
+    async def fetch(self, url: str) -> FetchedCredential:
+        self.calls += 1
+        response = bytearray(64 * 1024)  # what a traceback would keep alive
+        try:
+            raise OSError(f"refused {len(response)}")
+        except OSError:
+            detail = f"cannot fetch certificate: connection failed for {url} " + "x" * 4000
+            raise StirError(SipStatus.BAD_IDENTITY_INFO, detail,
+                            check=Check.CREDENTIAL) from None  # fmt: skip
+
+
+async def test_distinct_failing_url_flood_stays_within_the_negative_bounds(
+    clock: FakeClock,
+) -> None:
+    policy = CachePolicy(max_negative_entries=1000, max_negative_bytes=256 * 1024)
+    cache = CertificateCache(HeavyFailure(), policy=policy, clock=clock)
+    cache.pin("https://cert.example.net/own.pem", CHAIN)
+    for i in range(20_000):
+        with pytest.raises(StirError) as info:
+            await cache.credential(f"https://evil{i}.example.net/{'p' * (i % 300)}.pem")
+        assert len(info.value.detail) <= 200
+    stats = cache.stats
+    assert stats.negative_entries <= 1000 and stats.negative_bytes <= 256 * 1024
+    assert stats.negative_evictions >= 19_000 and len(cache) == stats.negative_entries
+    assert (await cache.credential("https://cert.example.net/own.pem")).chain == CHAIN
+    # a remembered failure is a small error, not the exception raised with its frames
+    remembered = [entry.error for entry, _ in cache._negative.values()]
+    assert all(e is not None and e.__traceback__ is None and e.__context__ is None
+               for e in remembered)  # fmt: skip
+    # and it still answers: the last URL fails from the cache, without a new fetch
+    calls = cache._fetcher.calls  # type: ignore[attr-defined]
+    with pytest.raises(StirError):
+        await cache.credential(f"https://evil19999.example.net/{'p' * (19999 % 300)}.pem")
+    assert cache._fetcher.calls == calls  # type: ignore[attr-defined]
+
+
+async def test_negative_flood_does_not_push_good_credentials_out(
+    clock: FakeClock, fetcher: FakeFetcher
+) -> None:
+    cache = CertificateCache(fetcher, policy=CachePolicy(max_negative_entries=10), clock=clock)
+    assert (await cache.credential(URL)).chain == CHAIN
+    fetcher.error = fetch_error()
+    for i in range(100):
+        with pytest.raises(StirError):
+            await cache.credential(f"https://bad{i}.example.net/x.pem")
+    calls = fetcher.calls
+    assert (await cache.credential(URL)).chain == CHAIN and fetcher.calls == calls
+    assert cache.stats.negative_entries == 10 and cache.stats.negative_evictions == 90

@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from stird.adapters.cps_memory import MemoryCpsStore
+from stird.adapters.cps_memory import ENTRY_OVERHEAD, MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
@@ -142,6 +142,41 @@ async def test_flood_from_one_client_is_capped_without_hurting_others(
     await cps.store(TN, [entry], "192.0.2.1")  # the flood did not fill the number
     await cps.store(TN2, [entry], "198.51.100.7")  # nor the flooder's other numbers
     assert cps.refused == 1
+
+
+async def test_signers_and_anonymous_clients_have_separate_pools(
+    kit: Kit, key: DecryptionKey
+) -> None:
+    """Anonymous addresses filling a number's share do not touch a signer's quota, and a
+    signer is counted under its credential, not its address (both backends)."""
+    anon = CpsCaps(per_tn=4, per_client=100, per_client_tn=2)
+    signed = CpsCaps(per_tn=6, per_client=100, per_client_tn=6, pool="signed")
+    cps = kit.service(CpsPolicy(caps=anon, signed_caps=signed))
+    (entry,) = sealed(key)
+    for client in ("192.0.2.1", "192.0.2.2"):
+        await cps.store(TN, [entry, entry], client)
+    with pytest.raises(CpsRefused) as info:
+        await cps.store(TN, [entry], "192.0.2.3")
+    assert info.value.admission is CpsAdmission.TN_FULL
+    for _ in range(3):  # from a flooding address, but signed: its own quota
+        await cps.store(TN, [entry, entry], "192.0.2.1", signer="ab" * 32)
+    with pytest.raises(CpsRefused) as info:
+        await cps.store(TN, [entry], "192.0.2.9", signer="ab" * 32)
+    assert info.value.admission is CpsAdmission.TN_FULL
+    assert len(opened(await cps.retrieve(TN), key)) == 10
+
+
+async def test_anonymous_pool_is_bounded_in_bytes(kit: Kit, key: DecryptionKey) -> None:
+    (entry,) = sealed(key)
+    cost = ENTRY_OVERHEAD + 22 + len(entry.to_bytes())
+    anon = CpsCaps(per_client_tn=100, pool_bytes=3 * cost)
+    cps = kit.service(CpsPolicy(caps=anon))
+    for n in range(3):
+        await cps.store(f"1202555030{n}", [entry], f"192.0.2.{n}")
+    with pytest.raises(CpsRefused) as info:
+        await cps.store(TN, [entry], "192.0.2.50")
+    assert info.value.admission is CpsAdmission.STORE_FULL
+    await cps.store(TN, [entry], "192.0.2.50", signer="cd" * 32)  # the signed pool is free
 
 
 async def test_per_tn_and_per_client_caps(kit: Kit, key: DecryptionKey) -> None:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -250,3 +251,39 @@ async def test_offline_failure_fetches_nothing(
     verdict = await make_service().verify(facts)
     assert verdict.verdict.value == "invalid"
     assert sum(cert_server.hits.values()) == 0
+
+
+async def test_full_redis_refuses_verification_instead_of_forgetting(
+    make_service: Factory, cert_server: CertServer, pki: Pki, tmp_path: Path
+) -> None:
+    """Redis at maxmemory under noeviction refuses the replay entry: with the default
+    replay_overflow the verification is refused (503), never waved through unchecked."""
+    import subprocess
+
+    from stird.core.errors import StirError
+    from tests.fixtures_redis import _stop, _wait_ready, free_port, redis_server
+
+    port = free_port()
+    argv = [redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(tmp_path), "--maxmemory", "2mb",
+            "--maxmemory-policy", "noeviction"]  # fmt: skip
+    log = tmp_path / "redis.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(proc, port, log)
+        url = f"redis://127.0.0.1:{port}/0"
+        async with RedisStore(url, prefix="full:") as shared:
+            assert await shared.eviction_policy() == "noeviction"
+            filler = b"x" * 4096
+            for i in range(2000):  # well past 2 MB
+                try:
+                    await shared.set(f"fill:{i}", filler, 600)
+                except Exception:
+                    break
+            service = make_service(shared)
+            with pytest.raises(StirError) as refused:
+                await service.verify(call(pki, cert_server.url("/good.pem"), "c-full"))
+            assert refused.value.code == 503
+    finally:
+        _stop(proc)

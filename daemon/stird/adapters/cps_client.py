@@ -8,22 +8,20 @@ Two profiles, chosen per CPS by the service:
   under ``/passports/{dest}/{orig}``, ``Authorization: Bearer`` an ES256 JWT signed with
   the operator's SHAKEN credential.
 
-The CPS URL comes from configuration, not from a peer, but the same hygiene as the
-certificate fetcher applies: https only unless ``allow_http``, every address vetted
-against the special-purpose registries (:class:`~stird.adapters.certfetch.VettingResolver`,
-``allow_networks`` for labs), no redirects, no proxies from the environment, no
-decompression, a body cap, and one deadline per request (DNS, connect, TLS and body).
+The CPS URL comes from configuration, not from a peer, but it goes through the same
+hardened client as the certificate fetcher (:mod:`stird.adapters.httpclient`): https only
+unless ``allow_http``, every address vetted against the special-purpose registries
+(``allow_networks`` for labs), the same host rules, no redirects, no proxies from the
+environment, no decompression, a body cap, and one deadline per request (DNS, connect, TLS
+and body).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import json
 import logging
 import ssl
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,9 +30,10 @@ from typing import Any
 import aiohttp
 import yarl
 from aiohttp.abc import AbstractResolver
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from stird.adapters.certfetch import FetchPolicy, VettingResolver, is_public_address
+from stird.adapters.httpclient import FetchPolicy, HardenedClient, Refused, TimedOut
 from stird.core import atis, cps, oob
 from stird.core.errors import StirError
 from stird.core.oob import RecipientKey, SealedEntry
@@ -44,8 +43,16 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 2 * 1024 * 1024  # a busy number's list: 100 entries and dummies at 8 KiB
 MAX_KEYS = 64
-_CHUNK = 16384
-_MAX_URL = 2048
+_WORDING = {"refused address": "refused CPS address"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreIdentity:
+    """Who signs RFC 8816 stores (``Authorization: Bearer``, :func:`stird.core.cps.store_token`):
+    a CPS that trusts the credential counts them under their signer's own quota."""
+
+    key: ec.EllipticCurvePrivateKey
+    chain: tuple[x509.Certificate, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,47 +74,6 @@ def _fail(detail: str) -> CpsFailure:
     return CpsFailure(detail)
 
 
-def _checked_url(url: str, policy: FetchPolicy) -> yarl.URL:
-    if len(url) > _MAX_URL or any(ch <= " " or ch == "\x7f" for ch in url):
-        raise _fail("malformed CPS URL")
-    try:
-        target = yarl.URL(url)
-    except ValueError:
-        raise _fail("malformed CPS URL") from None
-    schemes = ("https", "http") if policy.allow_http else ("https",)
-    if target.scheme not in schemes:
-        raise _fail(f"CPS URL scheme not allowed (use {' or '.join(schemes)})")
-    if not target.raw_host or "@" in urllib.parse.urlsplit(url).netloc:
-        raise _fail("CPS URL needs a host and no userinfo")
-    _vet_literal(target, policy)
-    return target
-
-
-def _vet_literal(target: yarl.URL, policy: FetchPolicy) -> None:
-    """IP-literal hosts never reach the resolver, so they are vetted here."""
-    host = (target.host or "").lower().rstrip(".")
-    if host in {h.lower().rstrip(".") for h in policy.allow_hosts}:
-        return
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        if host.replace(".", "").isdigit():
-            raise _fail("malformed CPS host") from None
-        return
-    if not (is_public_address(addr) or any(addr in net for net in policy.allow_networks)):
-        raise _fail("refused CPS address")
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "DNS lookup failed or address refused"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return "TLS failure"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connection failed"
-    return "HTTP failure"
-
-
 class HttpCpsClient:
     """One connection pool for every CPS; created on first use, closed by :meth:`close`."""
 
@@ -116,68 +82,31 @@ class HttpCpsClient:
         policy: FetchPolicy,
         *,
         atis_identity: AtisIdentity | None = None,
+        store_identity: StoreIdentity | None = None,
         ssl_context: ssl.SSLContext | None = None,
         resolver: AbstractResolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy, self._atis, self._clock = policy, atis_identity, clock
-        self._ssl: ssl.SSLContext | bool = True if ssl_context is None else ssl_context
-        self._inner_resolver = resolver
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: VettingResolver | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._resolver = VettingResolver(self.policy, self._inner_resolver)
-            connector = aiohttp.TCPConnector(
-                resolver=self._resolver, ssl=self._ssl, limit=64, limit_per_host=16,
-                ttl_dns_cache=60,
-            )  # fmt: skip
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.policy.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                trust_env=False,
-                headers={aiohttp.hdrs.USER_AGENT: self.policy.user_agent,
-                         aiohttp.hdrs.ACCEPT_ENCODING: "identity"},
-            )  # fmt: skip
-        return self._session
+        self._signer = store_identity
+        self._http = HardenedClient(policy, ssl_context=ssl_context, resolver=resolver,
+                                    limit_per_host=16)  # fmt: skip
 
     async def _request(
         self, method: str, url: str, *, body: bytes | None = None,
         headers: dict[str, str] | None = None, expect: tuple[int, ...] = (200,),
     ) -> tuple[int, bytes]:  # fmt: skip
-        target = _checked_url(url, self.policy)
-        try:
-            async with asyncio.timeout(self.policy.timeout):
-                return await self._exchange(method, target, body, headers or {}, expect)
-        except TimeoutError:
-            raise CpsTimeout(f"CPS did not answer within {self.policy.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise _fail(_describe(exc)) from None
-        except (ssl.SSLError, OSError):
-            raise _fail("connection failed") from None
-
-    async def _exchange(
-        self, method: str, target: yarl.URL, body: bytes | None, headers: dict[str, str],
-        expect: tuple[int, ...],
-    ) -> tuple[int, bytes]:  # fmt: skip
-        session = self._get_session()
-        async with session.request(
-            method, target, data=body, headers=headers, allow_redirects=False
-        ) as resp:
+        async def answer(resp: aiohttp.ClientResponse) -> tuple[int, bytes]:
             if resp.status not in expect:
                 raise _fail(f"CPS answered HTTP {resp.status}")
-            limit = self.policy.max_bytes
-            if resp.content_length is not None and resp.content_length > limit:
-                raise _fail(f"CPS answer larger than {limit} bytes")
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                data += chunk
-                if len(data) > limit:
-                    raise _fail(f"CPS answer larger than {limit} bytes")
-            return resp.status, bytes(data)
+            return resp.status, await self._http.read(resp)
+
+        try:
+            return await self._http.request(method, url, answer, body=body, headers=headers)
+        except TimedOut:
+            raise CpsTimeout(f"CPS did not answer within {self.policy.timeout:g} s") from None
+        except Refused as exc:
+            raise _fail(_WORDING.get(exc.detail, exc.detail)) from None
 
     # --- RFC 8816 §9 --------------------------------------------------------------------
 
@@ -202,8 +131,12 @@ class HttpCpsClient:
     async def store_sealed(self, cps_url: str, tn: str, entries: Sequence[SealedEntry]) -> None:
         content_type, body = cps.store_body(entries)
         url = f"{cps_url.rstrip('/')}{cps.collection_path(tn)}"
-        await self._request("POST", url, body=body, headers={"Content-Type": content_type},
-                            expect=(200, 201))  # fmt: skip
+        headers = {"Content-Type": content_type}
+        if self._signer is not None:
+            token = cps.store_token(tn, body, key=self._signer.key, chain=self._signer.chain,
+                                    now=int(self._clock()), jti=uuid.uuid4().hex)  # fmt: skip
+            headers["Authorization"] = f"Bearer {token}"
+        await self._request("POST", url, body=body, headers=headers, expect=(200, 201))
 
     async def fetch_sealed(self, cps_url: str, tn: str) -> tuple[SealedEntry, ...]:
         url = f"{cps_url.rstrip('/')}{cps.collection_path(tn)}"
@@ -251,12 +184,7 @@ class HttpCpsClient:
             raise _fail(exc.detail) from None
 
     async def close(self) -> None:
-        session, resolver = self._session, self._resolver
-        self._session = self._resolver = None
-        if session is not None:
-            await session.close()
-        if resolver is not None:
-            await resolver.close()
+        await self._http.close()
 
 
-__all__ = ["AtisIdentity", "HttpCpsClient", "default_policy"]
+__all__ = ["AtisIdentity", "HttpCpsClient", "StoreIdentity", "default_policy"]

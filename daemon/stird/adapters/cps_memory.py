@@ -1,7 +1,9 @@
 """The in-process :class:`~stird.services.ports.CpsStore`: bounded, one process only.
 
 Entries sit in per-number dicts; a heap ordered by expiry purges them as time passes, so
-counts are always counts of live entries. Caps are checked and the entries inserted
+counts are always counts of live entries. The store is bounded in entries AND in bytes
+(:func:`entry_cost`: the blob, its id and a fixed overhead per entry); each pool (anonymous,
+signed) is counted apart per number and in bytes. Caps are checked and the entries inserted
 without awaiting, so the check is atomic on the event loop.
 """
 
@@ -17,24 +19,37 @@ from stird.services.ports import CpsAdmission, CpsCaps
 
 _K = TypeVar("_K")
 
+ENTRY_OVERHEAD = 256  # bytes of bookkeeping per entry (dict slots, heap item, counters)
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def entry_cost(entry_id: str, blob: bytes) -> int:
+    """The bytes an entry is accounted for (deterministic, shared with the Redis store)."""
+    return ENTRY_OVERHEAD + len(entry_id) + len(blob)
+
 
 @dataclass(frozen=True, slots=True)
 class _Stored:
     blob: bytes
     expiry: float
     client: str
+    pool: str
+    cost: int
 
 
 class MemoryCpsStore:
-    def __init__(self, max_entries: int = 100_000) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._max = max_entries
+    def __init__(self, max_entries: int = 100_000, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("max_entries and max_bytes must be at least 1")
+        self._max, self.max_bytes = max_entries, max_bytes
         self._by_tn: dict[str, dict[str, _Stored]] = {}
         self._heap: list[tuple[float, str, str]] = []  # (expiry, tn, id)
         self._per_client: Counter[str] = Counter()
         self._per_client_tn: Counter[tuple[str, str]] = Counter()
+        self._per_tn_pool: Counter[tuple[str, str]] = Counter()
+        self._pool_bytes: Counter[str] = Counter()
         self._count = 0
+        self.bytes = 0
 
     def __len__(self) -> int:
         return self._count
@@ -47,25 +62,30 @@ class MemoryCpsStore:
             if stored is None:
                 continue
             self._count -= 1
+            self.bytes -= stored.cost
+            self._decrement(self._pool_bytes, stored.pool, stored.cost)
             self._decrement(self._per_client, stored.client)
             self._decrement(self._per_client_tn, (stored.client, tn))
+            self._decrement(self._per_tn_pool, (tn, stored.pool))
             if not entries:
                 del self._by_tn[tn]
 
     @staticmethod
-    def _decrement(counter: Counter[_K], key: _K) -> None:
-        counter[key] -= 1
+    def _decrement(counter: Counter[_K], key: _K, by: int = 1) -> None:
+        counter[key] -= by
         if counter[key] <= 0:
             del counter[key]
 
-    def _admission(self, tn: str, client: str, n: int, caps: CpsCaps) -> CpsAdmission:
-        if len(self._by_tn.get(tn, ())) + n > caps.per_tn:
+    def _admission(self, tn: str, client: str, n: int, size: int, caps: CpsCaps) -> CpsAdmission:
+        if self._per_tn_pool[(tn, caps.pool)] + n > caps.per_tn:
             return CpsAdmission.TN_FULL
         if self._per_client[client] + n > caps.per_client:
             return CpsAdmission.CLIENT_FULL
         if self._per_client_tn[(client, tn)] + n > caps.per_client_tn:
             return CpsAdmission.CLIENT_TN_FULL
-        if self._count + n > self._max:
+        if self._count + n > self._max or self.bytes + size > self.max_bytes:
+            return CpsAdmission.STORE_FULL
+        if caps.pool_bytes is not None and self._pool_bytes[caps.pool] + size > caps.pool_bytes:
             return CpsAdmission.STORE_FULL
         return CpsAdmission.STORED
 
@@ -80,18 +100,23 @@ class MemoryCpsStore:
         caps: CpsCaps,
     ) -> CpsAdmission:
         self._purge(now)
-        admission = self._admission(tn, client, len(items), caps)
+        entries = self._by_tn.get(tn, {})
+        fresh = {entry_id: blob for entry_id, blob in items if entry_id not in entries}
+        size = sum(entry_cost(entry_id, blob) for entry_id, blob in fresh.items())
+        admission = self._admission(tn, client, len(fresh), size, caps)
         if admission is not CpsAdmission.STORED:
             return admission
         entries, expiry = self._by_tn.setdefault(tn, {}), now + ttl
-        for entry_id, blob in items:
-            if entry_id in entries:
-                continue
-            entries[entry_id] = _Stored(blob, expiry, client)
+        for entry_id, blob in fresh.items():
+            cost = entry_cost(entry_id, blob)
+            entries[entry_id] = _Stored(blob, expiry, client, caps.pool, cost)
             heapq.heappush(self._heap, (expiry, tn, entry_id))
             self._count += 1
+            self.bytes += cost
+            self._pool_bytes[caps.pool] += cost
             self._per_client[client] += 1
             self._per_client_tn[(client, tn)] += 1
+            self._per_tn_pool[(tn, caps.pool)] += 1
         return admission
 
     async def entries(self, tn: str, now: float) -> list[tuple[str, bytes]]:

@@ -1,32 +1,32 @@
 """The Redis :class:`~stird.services.ports.CpsStore`: several CPS servers share one store.
 
 Layout (all under ``prefix``): per called number a sorted set ``t:{tn}:z`` (entry id →
-expiry in ms) and a hash ``t:{tn}:h`` (entry id → blob); per client a sorted set
-``c:{client}`` ("tn id" → expiry) and per client and number ``ct:{client}:{tn}``. Each
-operation is one Lua script, so purging aged-out entries, checking the caps and inserting
-happen atomically across servers. Keys carry a PEXPIRE of the freshness window, so Redis
-frees idle numbers by itself. Expiries use the servers' clocks (keep them in NTP sync);
-needs a standalone Redis or one primary (the scripts touch keys of several hash slots).
+expiry in ms), a hash ``t:{tn}:h`` (entry id → blob) and per pool a sorted set
+``t:{tn}:p:{pool}``; per client a sorted set ``c:{client}`` ("tn id" → expiry) and per
+client and number ``ct:{client}:{tn}``; across the store a sorted set ``g:z`` ("pool cost
+tn id" → expiry) with byte counters ``g:b`` (all) and ``g:b:{pool}``, so the store is
+bounded in entries and in bytes (:func:`~stird.adapters.cps_memory.entry_cost`) like the
+in-memory one. Each operation is one Lua script, so purging aged-out entries, checking the
+caps and inserting happen atomically across servers. Keys carry a PEXPIRE of the freshness
+window, so Redis frees idle numbers by itself. Expiries use the servers' clocks (keep them
+in NTP sync); needs a standalone Redis or one primary (the scripts touch keys of several
+hash slots).
 
-Like :class:`~stird.adapters.store_redis.RedisStore`, every call is bounded by
-``timeout`` and any failure becomes :class:`~stird.services.stores.StoreUnavailable`.
+Connections, timeouts and errors are :class:`~stird.adapters.redis_client.RedisClient`'s,
+shared with :class:`~stird.adapters.store_redis.RedisStore`: any failure becomes
+:class:`~stird.services.stores.StoreUnavailable`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
+from stird.adapters.cps_memory import DEFAULT_MAX_BYTES, entry_cost
+from stird.adapters.redis_client import DEFAULT_URL, RedisClient
 from stird.services.ports import CpsAdmission, CpsCaps
-from stird.services.stores import StoreUnavailable
 
 _PURGE = """
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -36,25 +36,52 @@ if #gone > 0 then
 end
 """
 
-# KEYS: tn_z tn_h client_z client_tn_z
-# ARGV: now_ms expiry_ms ttl_ms per_tn per_client per_client_tn tn (id blob)...
+# KEYS: tn_z tn_h client_z client_tn_z tn_pool_z g_z g_b g_pool_b
+# ARGV: now_ms expiry_ms ttl_ms per_tn per_client per_client_tn tn max_entries max_bytes
+#       pool_bytes(-1: none) pool prefix (id blob cost)...
 _ADD = (
     _PURGE
     + """
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[1])
-local n = (#ARGV - 7) / 2
-if redis.call('ZCARD', KEYS[1]) + n > tonumber(ARGV[4]) then return 1 end
+local now = ARGV[1]
+local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, 1024)
+for _, member in ipairs(old) do
+  local pool, cost = string.match(member, '^(%S+) (%d+) ')
+  if cost then
+    redis.call('DECRBY', KEYS[7], cost)
+    redis.call('DECRBY', ARGV[12] .. 'g:b:' .. pool, cost)
+  end
+end
+if #old > 0 then redis.call('ZREM', KEYS[6], unpack(old)) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+local n, size = 0, 0
+for i = 13, #ARGV, 3 do
+  n = n + 1
+  size = size + tonumber(ARGV[i + 2])
+end
+if redis.call('ZCARD', KEYS[5]) + n > tonumber(ARGV[4]) then return 1 end
 if redis.call('ZCARD', KEYS[3]) + n > tonumber(ARGV[5]) then return 2 end
 if redis.call('ZCARD', KEYS[4]) + n > tonumber(ARGV[6]) then return 3 end
-for i = 8, #ARGV, 2 do
+if redis.call('ZCARD', KEYS[6]) + n > tonumber(ARGV[8]) then return 4 end
+if tonumber(redis.call('GET', KEYS[7]) or '0') + size > tonumber(ARGV[9]) then return 4 end
+local pool_bytes = tonumber(ARGV[10])
+if pool_bytes >= 0 and tonumber(redis.call('GET', KEYS[8]) or '0') + size > pool_bytes then
+  return 4
+end
+for i = 13, #ARGV, 3 do
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[7] .. ' ' .. ARGV[i])
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[i])
+  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[i])
+  redis.call('ZADD', KEYS[6], ARGV[2],
+             ARGV[11] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[7] .. ' ' .. ARGV[i])
 end
+redis.call('INCRBY', KEYS[7], size)
+redis.call('INCRBY', KEYS[8], size)
 local ttl = tonumber(ARGV[3])
-for i = 1, 4 do
+for i = 1, 5 do
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 0
@@ -87,7 +114,7 @@ return redis.call('HGET', KEYS[2], ARGV[2])
 """
 
 _REFUSALS = {1: CpsAdmission.TN_FULL, 2: CpsAdmission.CLIENT_FULL,
-             3: CpsAdmission.CLIENT_TN_FULL}  # fmt: skip
+             3: CpsAdmission.CLIENT_TN_FULL, 4: CpsAdmission.STORE_FULL}  # fmt: skip
 MAX_LIST = 1000
 
 
@@ -98,28 +125,21 @@ def _ms(seconds: float) -> int:
 class RedisCpsStore:
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
+        url: str = DEFAULT_URL,
         *,
         prefix: str = "stird:cps:",
         timeout: float = 0.5,
+        max_connections: int = 16,
+        max_entries: int = 100_000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self._prefix, self._timeout = prefix, timeout
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._add = self._redis.register_script(_ADD)
-        self._list = self._redis.register_script(_LIST)
-        self._get = self._redis.register_script(_GET)
-
-    async def _call(self, operation: Awaitable[Any]) -> Any:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await operation
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if any(c.isspace() for c in prefix):
+            raise ValueError("the prefix must not hold white space")
+        self._prefix, self._max, self.max_bytes = prefix, max_entries, max_bytes
+        self._client = RedisClient(url, timeout=timeout, max_connections=max_connections)
+        self._add = self._client.script(_ADD)
+        self._list = self._client.script(_LIST)
+        self._get = self._client.script(_GET)
 
     def _tn_keys(self, tn: str) -> list[str]:
         return [f"{self._prefix}t:{tn}:z", f"{self._prefix}t:{tn}:h"]
@@ -134,29 +154,33 @@ class RedisCpsStore:
         ttl: float,
         caps: CpsCaps,
     ) -> CpsAdmission:
-        keys = [*self._tn_keys(tn), f"{self._prefix}c:{client}",
-                f"{self._prefix}ct:{client}:{tn}"]  # fmt: skip
-        args: list[Any] = [_ms(now), _ms(now + ttl), max(1, _ms(ttl)),
-                           caps.per_tn, caps.per_client, caps.per_client_tn, tn]  # fmt: skip
+        p = self._prefix
+        pool = caps.pool
+        keys = [*self._tn_keys(tn), f"{p}c:{client}", f"{p}ct:{client}:{tn}",
+                f"{p}t:{tn}:p:{pool}", f"{p}g:z", f"{p}g:b", f"{p}g:b:{pool}"]  # fmt: skip
+        pool_bytes = -1 if caps.pool_bytes is None else caps.pool_bytes
+        args: list[Any] = [_ms(now), _ms(now + ttl), max(1, _ms(ttl)), caps.per_tn,
+                           caps.per_client, caps.per_client_tn, tn, self._max, self.max_bytes,
+                           pool_bytes, caps.pool, p]  # fmt: skip
         for entry_id, blob in items:
-            args += [entry_id, blob]
-        code = int(await self._call(self._add(keys=keys, args=args)))
+            args += [entry_id, blob, entry_cost(entry_id, blob)]
+        code = int(await self._client.run(self._add, keys, args))
         return _REFUSALS.get(code, CpsAdmission.STORED)
 
     async def entries(self, tn: str, now: float) -> list[tuple[str, bytes]]:
-        flat = await self._call(self._list(keys=self._tn_keys(tn), args=[_ms(now), MAX_LIST]))
+        flat = await self._client.run(self._list, self._tn_keys(tn), [_ms(now), MAX_LIST])
         return [(bytes(flat[i]).decode("ascii"), bytes(flat[i + 1]))
                 for i in range(0, len(flat) - 1, 2)]  # fmt: skip
 
     async def entry(self, tn: str, entry_id: str, now: float) -> bytes | None:
-        blob = await self._call(self._get(keys=self._tn_keys(tn), args=[_ms(now), entry_id]))
+        blob = await self._client.run(self._get, self._tn_keys(tn), [_ms(now), entry_id])
         return None if blob is None else bytes(blob)
 
     async def ping(self) -> None:
-        await self._call(self._redis.ping())
+        await self._client.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._client.close()
 
     async def __aenter__(self) -> Self:
         return self

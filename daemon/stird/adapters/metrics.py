@@ -26,9 +26,12 @@ class _CacheCollector(Collector):
             "stird_cert_cache_events", "Certificate cache events", labels=["event"]
         )
         for event in ("hits", "misses", "stale_served", "fetches", "fetch_errors",
-                      "shared_hits", "shared_errors"):  # fmt: skip
+                      "shared_hits", "shared_errors", "negative_evictions"):  # fmt: skip
             family.add_metric([event], float(getattr(stats, event)))
         yield family
+        yield GaugeMetricFamily("stird_cert_cache_negative_entries",
+                                "Certificate fetch failures remembered (negative cache)",
+                                value=float(stats.negative_entries))  # fmt: skip
 
 
 class _FallbackCollector(Collector):

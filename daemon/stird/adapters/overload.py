@@ -66,6 +66,12 @@ class LoadShedder:
             self._children[interface].inc()
             raise Overloaded(self.lag)
 
+    def behind(self, share: float = 0.5) -> bool:
+        """True while the lag exceeds ``share`` of ``max_lag``: lower-priority work (the
+        embedded CPS) is refused from there, before sign/verify would be shed. CPS
+        requests never go through :meth:`check`, so they neither count as shed nor are."""
+        return bool(self.max_lag) and self.lag > share * self.max_lag
+
     @property
     def shedding(self) -> bool:
         return bool(self.max_lag) and self.lag > self.max_lag

@@ -1,26 +1,18 @@
 """The Redis :class:`~stird.services.ports.KeyValueStore`, shared by several stird instances.
 
-Every operation is bounded by ``timeout`` (socket timeouts, no client-side retries and an
-overall deadline); any Redis error or timeout becomes
+Every operation goes through :class:`~stird.adapters.redis_client.RedisClient` (bounded
+pool, timeouts, no retries, one deadline); any Redis error or timeout becomes
 :class:`~stird.services.stores.StoreUnavailable`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Awaitable
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
-
-from stird.services.stores import StoreFull, StoreUnavailable
-
-_T = TypeVar("_T")
+from stird.adapters.redis_client import DEFAULT_URL, RedisClient
+from stird.services.stores import StoreUnavailable
 
 
 def _px(ttl: float) -> int:
@@ -38,34 +30,15 @@ class RedisStore:
 
     def __init__(
         self,
-        url: str = "redis://127.0.0.1:6379/0",
+        url: str = DEFAULT_URL,
         *,
         prefix: str = "stird:",
         timeout: float = 0.5,
         max_connections: int = 16,
     ) -> None:
         self._prefix = prefix
-        self._timeout = timeout
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._redis = aioredis.Redis.from_pool(pool)
-
-    async def _call(self, operation: Awaitable[_T]) -> _T:
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await operation
-        except ResponseError as exc:
-            if str(exc).startswith("OOM"):  # maxmemory reached under noeviction: not stored
-                raise StoreFull(f"redis: {exc}") from exc
-            raise StoreUnavailable(f"redis: ResponseError: {exc}") from exc
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        self._client = RedisClient(url, timeout=timeout, max_connections=max_connections)
+        self._redis, self._call = self._client.redis, self._client.call
 
     async def get(self, key: str) -> bytes | None:
         value = await self._call(self._redis.get(self._prefix + key))
@@ -96,10 +69,10 @@ class RedisStore:
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the server answers PING."""
-        await self._call(self._redis.ping())
+        await self._client.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._client.close()
 
     async def __aenter__(self) -> Self:
         return self

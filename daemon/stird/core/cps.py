@@ -19,17 +19,34 @@
 
 ``tn`` is the called number as E.164 digits without ``+`` (1–15 digits); ids are 128
 random bits in base64url (22 characters). Pure; every parser raises only StirError.
+
+A store may be signed [design]: ``Authorization: Bearer <JWS>``, ES256 by a STIR
+credential carried in ``x5c`` (RFC 7515 §4.1.6), ``typ`` ``stir-cps-store``, payload
+``{"iat", "jti", "tn", "body": B64U(SHA-256(body))}``. The signer (the SHA-256 of its
+public key, :func:`stird.core.oobkeys.publisher_id`) then gets a quota of its own, apart
+from anonymous storers (:func:`read_store_token`, :func:`check_store_token`).
+
+:class:`RateTable` is the token-bucket table of the CPS's admission: one bucket per key
+(client address, signer), at most ``max_keys`` of them (least recently used evicted).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from stird.core import jose, oob
-from stird.core.errors import StirError, bad_request
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from stird.core import certs, jose, oob, oobkeys
+from stird.core.errors import Check, SipStatus, StirError, bad_request
 
 PASSPORT_TYPE = "application/passport"
 JSON_TYPE = "application/json"
@@ -37,6 +54,9 @@ MAX_BATCH = 16
 ID_BYTES = 16
 _ID = re.compile(r"[A-Za-z0-9_-]{22}")
 _MAX_LIST = 1024
+STORE_TOKEN_TYP = "stir-cps-store"  # noqa: S105 - a JOSE typ, not a secret
+MAX_STORE_TOKEN = 16 * 1024
+STORE_TOKEN_SKEW = 60  # seconds either side of ``now`` (RFC 8816 §7.5 freshness)
 
 
 def parse_tn(text: object) -> str:
@@ -127,3 +147,112 @@ def parse_list_document(body: bytes) -> tuple[tuple[str, oob.SealedEntry], ...]:
         except StirError:
             continue
     return tuple(out)
+
+
+# --- signed stores ---------------------------------------------------------------------
+
+
+def body_digest(body: bytes) -> str:
+    return jose.b64u_encode(hashlib.sha256(body).digest())
+
+
+def store_token(
+    tn: str,
+    body: bytes,
+    *,
+    key: ec.EllipticCurvePrivateKey,
+    chain: Sequence[x509.Certificate],
+    now: int,
+    jti: str,
+) -> str:
+    """The Bearer token signing one ``POST /cps/{tn}/ppts`` body."""
+    x5c = [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii")
+           for c in chain]  # fmt: skip
+    header = {"alg": "ES256", "typ": STORE_TOKEN_TYP, "x5c": x5c}
+    payload = {"iat": now, "jti": jti, "tn": parse_tn(tn), "body": body_digest(body)}
+    head = jose.b64u_encode(jose.canonical_json(header))
+    claims = jose.b64u_encode(jose.canonical_json(payload))
+    signature = jose.es256_sign(key, f"{head}.{claims}".encode("ascii"))
+    return f"{head}.{claims}.{jose.b64u_encode(signature)}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSigner:
+    """Who signed a store: ``signer`` is the credential's key hash; ``jti`` and ``iat``
+    let the caller refuse replays."""
+
+    signer: str
+    jti: str
+    iat: int
+
+
+def _forbidden(detail: str) -> StirError:
+    return StirError(SipStatus.FORBIDDEN, detail, check=Check.SIGNATURE)
+
+
+def check_store_token(
+    token: str, tn: str, body: bytes, policy: oobkeys.PublicationPolicy, now: int
+) -> StoreSigner:
+    """Verify a store token against ``policy`` (anchors, pins) for this ``tn`` and
+    ``body``; raises StirError (400 malformed, 403 untrusted, wrong number or body,
+    stale)."""
+    parts = token.split(".") if isinstance(token, str) and len(token) <= MAX_STORE_TOKEN else []
+    if len(parts) != 3 or not all(parts):
+        raise bad_request("store token must be a JWS compact serialisation")
+    header = jose.strict_json_object(jose.b64u_decode(parts[0], "header"), "header")
+    claims = jose.strict_json_object(jose.b64u_decode(parts[1], "claims"), "claims")
+    if header.get("alg") != "ES256" or header.get("typ") != STORE_TOKEN_TYP:
+        raise bad_request(f"store token must be ES256 with typ {STORE_TOKEN_TYP!r}")
+    chain = oobkeys._x5c(header)  # the one x5c reader
+    if not chain:
+        raise bad_request("store token carries its credential in x5c")
+    oobkeys._check_trust(chain, policy, now)  # trust as for publications
+    signature = jose.b64u_decode(parts[2], "signature")
+    jose.es256_verify(certs.check_signing_key(chain[0]), f"{parts[0]}.{parts[1]}".encode(),
+                      signature)  # fmt: skip
+    iat, jti = claims.get("iat"), claims.get("jti")
+    if not isinstance(iat, int) or isinstance(iat, bool) or not isinstance(jti, str):
+        raise bad_request("store token needs integer iat and string jti")
+    if not 0 < len(jti) <= 64:
+        raise bad_request("store token jti is 1 to 64 characters")
+    if claims.get("tn") != tn:
+        raise _forbidden("store token is for another number")
+    if claims.get("body") != body_digest(body):
+        raise _forbidden("store token signs another body")
+    if abs(iat - now) > STORE_TOKEN_SKEW:
+        raise StirError(SipStatus.FORBIDDEN, "store token is stale", check=Check.FRESHNESS)
+    return StoreSigner(oobkeys.publisher_id(chain[0]), jti, iat)
+
+
+# --- admission -------------------------------------------------------------------------
+
+
+class RateTable:
+    """Token buckets by key: ``rate`` tokens a second up to ``burst``; at most
+    ``max_keys`` buckets (the least recently used is forgotten first — a forgotten key
+    starts again with a full bucket, so size the table beyond the clients you expect)."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 10_000) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("need rate > 0, burst >= 1, max_keys >= 1")
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float, cost: float = 1.0) -> float:
+        """0.0 when ``cost`` tokens were taken; else the seconds until they would be."""
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        wait = 0.0
+        if tokens >= cost:
+            tokens -= cost
+        else:
+            wait = (min(cost, self.burst) - tokens) / self.rate
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+            self.evictions += 1
+        return wait

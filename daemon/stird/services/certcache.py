@@ -48,6 +48,8 @@ class CachePolicy:
     negative_ttl: float = 30.0  # failures are remembered this long
     stale_ttl: float = 300.0  # stale-while-revalidate window
     max_entries: int = 10_000
+    max_negative_entries: int = 4096  # failures remembered (the negative cache)
+    max_negative_bytes: int = 2 * 1024 * 1024  # by negative_cost()
     shared_backoff: float = 5.0  # after a shared-store failure, leave it alone this long
     clock_tolerance: float = 60.0  # an entry made further in the future: the clock went back
 
@@ -61,6 +63,9 @@ class CacheStats:
     fetch_errors: int = 0
     shared_hits: int = 0  # fresh entries adopted from the shared store
     shared_errors: int = 0  # StoreUnavailable or malformed shared values
+    negative_entries: int = 0  # failures remembered now
+    negative_bytes: int = 0  # their negative_cost()
+    negative_evictions: int = 0  # failures forgotten early to keep within the bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +78,20 @@ class _Entry:
     made: float = 0.0  # when it was fetched (wall clock; 0: unknown)
 
 
+MAX_DETAIL = 200
+NEGATIVE_OVERHEAD = 512  # bytes of bookkeeping per negative entry (entry, error, dict slot)
+
+
 def _copy(error: StirError) -> StirError:
-    """A fresh exception per raise: a cached instance would accumulate tracebacks."""
-    return StirError(error.status, error.detail, check=error.check)
+    """A fresh exception per raise: a cached instance would accumulate tracebacks; only
+    status, check and a short detail are kept."""
+    return StirError(error.status, error.detail[:MAX_DETAIL], check=error.check)
+
+
+def negative_cost(url: str, entry: _Entry) -> int:
+    """The bytes a negative entry is accounted for (deterministic)."""
+    detail = 0 if entry.error is None else len(entry.error.detail)
+    return NEGATIVE_OVERHEAD + len(url) + detail
 
 
 def _deliver(entry: _Entry) -> Credential:
@@ -113,7 +129,8 @@ def _decode(url: str, data: bytes) -> _Entry:
             raise ValueError("empty chain")
         return _Entry(Credential(chain), None, fresh, stale, made=made)
     err = doc["error"]
-    error = StirError(SipStatus[err["status"]], str(err["detail"]), check=Check(err["check"]))
+    detail = str(err["detail"])[:MAX_DETAIL]
+    error = StirError(SipStatus[err["status"]], detail, check=Check(err["check"]))
     return _Entry(None, error, fresh, stale, made=made)
 
 
@@ -134,12 +151,20 @@ class CertificateCache:
         self._clock = clock
         self.stats = CacheStats()
         self._l1: OrderedDict[str, _Entry] = OrderedDict()
+        self._negative: OrderedDict[str, tuple[_Entry, int]] = OrderedDict()  # entry, cost
         self._pins: dict[str, Credential] = {}
         self._flights: dict[str, asyncio.Task[_Entry]] = {}
         self._shared_down_until = float("-inf")
 
     def __len__(self) -> int:
-        return len(self._l1)
+        return len(self._l1) + len(self._negative)
+
+    def _cached(self, url: str) -> _Entry | None:
+        entry = self._l1.get(url)
+        if entry is not None:
+            return entry
+        negative = self._negative.get(url)
+        return None if negative is None else negative[0]
 
     def pin(self, url: str, chain: Sequence[x509.Certificate]) -> None:
         """Serve ``chain`` for ``url`` forever as a pinned credential (stird's own certs)."""
@@ -147,13 +172,14 @@ class CertificateCache:
             raise ValueError("cannot pin an empty chain")
         self._pins[url] = Credential(tuple(chain), trust=Trust.ANCHOR)
         self._l1.pop(url, None)
+        self._forget_negative(url)
 
     async def credential(self, url: str) -> Credential:
         pinned = self._pins.get(url)
         if pinned is not None:
             self.stats.hits += 1
             return pinned
-        entry, now = self._l1.get(url), self._clock()
+        entry, now = self._cached(url), self._clock()
         if entry is not None and not self._from_future(entry, now):
             found = self._lookup(url, entry, now)
             if found is not None:
@@ -179,7 +205,7 @@ class CertificateCache:
         """The answer L1 gives at ``now`` (raising for negative entries); None on a miss."""
         if now < entry.fresh_until:
             self.stats.hits += 1
-            self._l1.move_to_end(url)
+            (self._l1 if entry.credential is not None else self._negative).move_to_end(url)
             return _deliver(entry)
         if entry.credential is not None and now < entry.stale_until:
             self.stats.stale_served += 1
@@ -207,7 +233,7 @@ class CertificateCache:
 
     async def _resolve(self, url: str) -> _Entry:
         """Shared store first, then the fetcher; the L1 or shared stale entry is the fallback."""
-        fallback = self._l1.get(url)
+        fallback = self._cached(url)
         shared = await self._shared_get(url)
         now = self._clock()
         if fallback is not None and (fallback.credential is None or now >= fallback.stale_until
@@ -243,6 +269,7 @@ class CertificateCache:
             return await self._failed(url, error, fallback)
         if fetched.no_store or entry.fresh_until <= self._clock():
             self._l1.pop(url, None)  # not stored; an older entry must not outlive it either
+            self._forget_negative(url)
             return entry
         self._remember(url, entry)
         await self._shared_put(url, entry)
@@ -268,22 +295,48 @@ class CertificateCache:
         if fallback is not None:
             return self._keep_stale(url, fallback, error, now + self.policy.negative_ttl)
         until = now + self.policy.negative_ttl
-        entry = _Entry(None, error, until, until, made=now)
+        entry = _Entry(None, _copy(error), until, until, made=now)
         self._remember(url, entry)
         await self._shared_put(url, entry)
         return entry
 
     def _keep_stale(self, url: str, stale: _Entry, error: StirError, retry_at: float) -> _Entry:
         """A refresh failed: keep serving ``stale``, report ``error`` once it runs out."""
-        entry = dataclasses.replace(stale, error=error, retry_at=retry_at)
+        entry = dataclasses.replace(stale, error=_copy(error), retry_at=retry_at)
         self._remember(url, entry)
         return entry
 
     def _remember(self, url: str, entry: _Entry) -> None:
+        if entry.credential is None:
+            self._remember_negative(url, entry)
+            return
+        self._forget_negative(url)
         self._l1[url] = entry
         self._l1.move_to_end(url)
         while len(self._l1) > self.policy.max_entries:
             self._l1.popitem(last=False)
+
+    def _remember_negative(self, url: str, entry: _Entry) -> None:
+        """Into the negative cache, within its entry and byte bounds (LRU evicted)."""
+        self._l1.pop(url, None)
+        self._forget_negative(url)
+        cost, policy, stats = negative_cost(url, entry), self.policy, self.stats
+        if cost > policy.max_negative_bytes or policy.max_negative_entries < 1:
+            return
+        self._negative[url] = (entry, cost)
+        stats.negative_bytes += cost
+        while (len(self._negative) > policy.max_negative_entries
+               or stats.negative_bytes > policy.max_negative_bytes):  # fmt: skip
+            _, (_, gone) = self._negative.popitem(last=False)
+            stats.negative_bytes -= gone
+            stats.negative_evictions += 1
+        stats.negative_entries = len(self._negative)
+
+    def _forget_negative(self, url: str) -> None:
+        gone = self._negative.pop(url, None)
+        if gone is not None:
+            self.stats.negative_bytes -= gone[1]
+            self.stats.negative_entries = len(self._negative)
 
     def _shared_store(self) -> KeyValueStore | None:
         if self._shared is None or self._clock() < self._shared_down_until:

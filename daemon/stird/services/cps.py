@@ -1,24 +1,33 @@
 """The Call Placement Service (RFC 8816 §6, §7.5, §9): store and retrieve encrypted
 PASSporTs by called number.
 
-Anyone may store (§6.1: the entries are encrypted; no credential is asked in this
-version); flood control counts live entries per number, per client and per client and
-number (§7.5) atomically in the :class:`~stird.services.ports.CpsStore`. Entries age out
-after the freshness window (60 s by default, §7.5). Every retrieval returns the live
-entries plus at least one fresh dummy of the same size and form, shuffled (§6.2); dummies
-mirror the suite and padding bucket of a real entry, or of the number's published keys.
+Anyone may store (§6.1: the entries are encrypted); flood control counts live entries per
+number, per client and per client and number (§7.5) atomically in the
+:class:`~stird.services.ports.CpsStore`. A store signed by a trusted STIR credential
+(:func:`stird.core.cps.check_store_token`, the trust of key publications) is counted in a
+pool of its own per number, under the signer's identity: no crowd of anonymous addresses
+can lock a number's legitimate publisher out, and anonymous storers together hold at most
+``caps.pool_bytes`` of the store. Entries age out after the freshness window (60 s by
+default, §7.5). Every retrieval returns the live entries plus at least one fresh dummy of
+the same size and form, shuffled (§6.2); dummies mirror the suite and padding bucket of a
+real entry, or of the number's published keys. Each dummy is a real HPKE seal, so dummies
+draw on a budget of seals per second: past it retrievals are refused (503) rather than
+served with fewer decoys.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from stird.core import cps, oob
-from stird.core.errors import StirError, bad_request
+from stird.core.errors import Check, SipStatus, StirError, bad_request
 from stird.core.oob import OobSuite, SealedEntry
+from stird.core.oobkeys import PublicationPolicy
 from stird.services.ports import Clock, CpsAdmission, CpsCaps, CpsStore, system_clock
 from stird.services.stores import StoreUnavailable
 
@@ -28,13 +37,29 @@ log = logging.getLogger(__name__)
 SuiteLookup = Callable[[str], Awaitable[frozenset[OobSuite]]]
 
 
+ANONYMOUS_BYTES = 48 * 1024 * 1024  # of the stores' 64 MiB: the rest is for signed stores
+
+
+def _anonymous_caps() -> CpsCaps:
+    return CpsCaps(pool_bytes=ANONYMOUS_BYTES)
+
+
+def _signed_caps() -> CpsCaps:
+    # one carrier legitimately sends a call centre many calls a minute
+    return CpsCaps(per_tn=100, per_client=10_000, per_client_tn=100, pool="signed")
+
+
 @dataclass(frozen=True, slots=True)
 class CpsPolicy:
     ttl: float = 60.0  # RFC 8816 §7.5: no longer than the iat freshness window
-    caps: CpsCaps = field(default_factory=CpsCaps)
+    caps: CpsCaps = field(default_factory=_anonymous_caps)  # anonymous storers
+    signed_caps: CpsCaps = field(default_factory=_signed_caps)  # per signing credential
     max_batch: int = cps.MAX_BATCH
     min_dummies: int = 1  # RFC 8816 §6.2: at least one per retrieval
     max_dummies: int = 3
+    seals_per_second: float = 1000.0  # decoy HPKE seals (~0.13 ms each with X25519)
+    seal_burst: float = 200.0
+    max_replay_ids: int = 100_000  # signed-store jtis remembered (bounded)
 
 
 class CpsRefused(Exception):
@@ -43,6 +68,16 @@ class CpsRefused(Exception):
     def __init__(self, admission: CpsAdmission) -> None:
         super().__init__(admission.value)
         self.admission = admission
+
+
+class CpsBusy(Exception):
+    """The CPS's own budget is spent (decoy seals, request rate, a late event loop):
+    answer 429/503 with ``Retry-After: retry_after``."""
+
+    def __init__(self, reason: str, retry_after: float, status: int = 503) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+        self.retry_after = max(1, math.ceil(retry_after))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,31 +93,64 @@ class CpsService:
         policy: CpsPolicy | None = None,
         *,
         suites: SuiteLookup | None = None,
+        signers: PublicationPolicy | None = None,
         clock: Clock = system_clock,
         rng: random.Random | None = None,
     ) -> None:
         self._store, self.policy = store, policy or CpsPolicy()
         if self.policy.min_dummies < 1 or self.policy.max_dummies < self.policy.min_dummies:
             raise ValueError("need 1 <= min_dummies <= max_dummies (RFC 8816 §6.2)")
-        self._suites, self._clock = suites, clock
+        self._suites, self._signers, self._clock = suites, signers, clock
         self._rng = rng or random.SystemRandom()
+        self._seals = cps.RateTable(self.policy.seals_per_second, self.policy.seal_burst, 1)
+        self._replays: OrderedDict[tuple[str, str], float] = OrderedDict()
         self.stored = 0
         self.refused = 0
+        self.busy = 0  # retrievals refused for want of seal budget
+        self.seals = 0  # decoy seals made
+
+    def authenticate(self, token: str, tn: str, body: bytes) -> str:
+        """The signer of a signed store (its credential's key hash); raises StirError (400
+        malformed, 403 untrusted, stale, replayed or not for this number and body)."""
+        if self._signers is None:
+            raise StirError(SipStatus.FORBIDDEN, "this CPS accepts no signed stores",
+                            check=Check.TRUST)  # fmt: skip
+        now = self._clock()
+        signed = cps.check_store_token(token, cps.parse_tn(tn), body, self._signers, int(now))
+        self._remember_jti(signed, now)
+        return signed.signer
+
+    def _remember_jti(self, signed: cps.StoreSigner, now: float) -> None:
+        while self._replays and next(iter(self._replays.values())) <= now:
+            self._replays.popitem(last=False)
+        key = (signed.signer, signed.jti)
+        if key in self._replays:
+            raise StirError(SipStatus.FORBIDDEN, "store token replayed", check=Check.FRESHNESS)
+        self._replays[key] = signed.iat + 2 * cps.STORE_TOKEN_SKEW + 1
+        while len(self._replays) > self.policy.max_replay_ids:
+            self._replays.popitem(last=False)
 
     def _bytes(self, n: int) -> bytes:
         return self._rng.randbytes(n)
 
-    async def store(self, tn: str, entries: Sequence[SealedEntry], client: str) -> tuple[str, ...]:
-        """Store ``entries`` for ``tn`` (all or none); returns their ids. Raises
-        :class:`CpsRefused` over a cap, StoreUnavailable when the backend fails."""
+    async def store(
+        self, tn: str, entries: Sequence[SealedEntry], client: str, signer: str | None = None
+    ) -> tuple[str, ...]:
+        """Store ``entries`` for ``tn`` (all or none); returns their ids. ``signer`` (from
+        :meth:`authenticate`) stores in the signed pool under its own quota, else
+        ``client`` (an address) in the anonymous one. Raises :class:`CpsRefused` over a
+        cap, StoreUnavailable when the backend fails."""
         tn = cps.parse_tn(tn)
         if not 1 <= len(entries) <= self.policy.max_batch:
             raise bad_request(f"store 1 to {self.policy.max_batch} entries at once")
         items = [(cps.new_entry_id(self._bytes), e.to_bytes()) for e in entries]
+        if signer is not None:
+            client, caps = f"signer:{signer}", self.policy.signed_caps
+        else:
+            client, caps = f"addr:{client}", self.policy.caps
         admission = await self._store.add(
-            tn, items, client=client, now=self._clock(), ttl=self.policy.ttl,
-            caps=self.policy.caps,
-        )  # fmt: skip
+            tn, items, client=client, now=self._clock(), ttl=self.policy.ttl, caps=caps
+        )
         if admission is not CpsAdmission.STORED:
             self.refused += 1
             log.info("CPS refused %d entr(ies) for %s from %s: %s",
@@ -111,6 +179,14 @@ class CpsService:
             log.warning("key directory unavailable for dummy profiles: %s", exc)
             return []
 
+    def _budget(self, count: int) -> None:
+        """Take ``count`` decoy seals from the budget, or refuse the retrieval (503)."""
+        wait = self._seals.take("seals", self._clock(), count)
+        if wait:
+            self.busy += 1
+            raise CpsBusy("decoy budget spent: try again later", wait)
+        self.seals += count
+
     async def _dummies(self, tn: str, real: Sequence[CpsItem], count: int) -> list[CpsItem]:
         """Dummies imitating (suite, bucket) of random real entries, else the TN's keys."""
         known = [] if real else await self._known_suites(tn)
@@ -129,8 +205,9 @@ class CpsService:
     async def retrieve(self, tn: str) -> list[CpsItem]:
         """Live entries for ``tn`` plus fresh dummies, in random order (RFC 8816 §6.2)."""
         tn = cps.parse_tn(tn)
-        real = await self._real(tn)
         count = self._rng.randint(self.policy.min_dummies, self.policy.max_dummies)
+        self._budget(count)
+        real = await self._real(tn)
         items = real + await self._dummies(tn, real, count)
         self._rng.shuffle(items)
         return items
@@ -138,6 +215,7 @@ class CpsService:
     async def get(self, tn: str, entry_id: str) -> SealedEntry:
         """One entry; an unknown or aged-out id yields a fresh dummy (ids cannot be probed)."""
         tn, entry_id = cps.parse_tn(tn), cps.parse_entry_id(entry_id)
+        self._budget(1)  # whether or not the id is known: a refusal must not tell
         blob = await self._store.entry(tn, entry_id, self._clock())
         if blob is not None:
             try:

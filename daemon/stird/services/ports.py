@@ -89,6 +89,10 @@ class CpsCaps:
     per_tn: int = 100  # call centres legitimately collect many (RFC 8816 §9)
     per_client: int = 1000  # one client across all numbers
     per_client_tn: int = 10  # one client for one number: a flood cannot fill a number
+    #: entries are counted per pool (``per_tn`` is per number and pool): anonymous
+    #: storers and signed ones have separate quotas, so neither can fill the other's
+    pool: str = "anon"
+    pool_bytes: int | None = None  # bytes the pool may hold in all; None: the store's bound
 
 
 class CpsStore(Protocol):

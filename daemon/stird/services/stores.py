@@ -19,10 +19,11 @@ class StoreUnavailable(Exception):
     Services treat it as "no shared state right now" and carry on locally."""
 
 
-class StoreFull(Exception):
-    """A bounded store that never evicts a live entry (the replay cache) is at its bound:
-    nothing was stored. The caller decides what that means (RFC 8224 §12.1 replay
-    checking cannot be done for this request)."""
+class StoreFull(StoreUnavailable):
+    """A bounded store that never evicts a live entry (the replay cache, or Redis under
+    ``noeviction``) is at its bound: nothing was stored. A kind of StoreUnavailable, so
+    every caller that copes with a missing store copes with a full one; the replay check
+    tells the two apart (RFC 8224 §12.1 checking cannot be done for this request)."""
 
 
 @dataclass
@@ -92,6 +93,8 @@ class FallbackStore:
         if self._use_shared():
             try:
                 stored = await self._shared.add(key, value, ttl)
+            except StoreFull:
+                raise  # the shared store is up but full: a local entry would not be shared
             except StoreUnavailable:
                 self._failed()
             else:

@@ -1,0 +1,84 @@
+"""The one Redis connection wrapper behind every Redis store (key/value and CPS).
+
+A bounded, blocking connection pool (under a burst requests wait within ``timeout`` for a
+free connection instead of each opening its own: redis-py's default pool is unbounded),
+socket and connect timeouts, no client-side retries, and one overall deadline per call.
+Any Redis error, socket error or timeout becomes
+:class:`~stird.services.stores.StoreUnavailable` with a short, safe message; a write
+refused because Redis is at ``maxmemory`` (``noeviction``) becomes
+:class:`~stird.services.stores.StoreFull`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from stird.services.stores import StoreFull, StoreUnavailable
+
+_T = TypeVar("_T")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+class RedisClient:
+    """One pool of at most ``max_connections``; every call bounded by ``timeout``."""
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, timeout: float = 0.5, max_connections: int = 16
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.timeout = timeout
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.redis = aioredis.Redis.from_pool(pool)
+
+    async def call(self, operation: Awaitable[_T]) -> _T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await operation
+        except ResponseError as exc:
+            if str(exc).startswith("OOM"):  # maxmemory reached under noeviction: not stored
+                raise StoreFull(f"redis: {exc}") from exc
+            raise StoreUnavailable(f"redis: ResponseError: {exc}") from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    def script(self, source: str) -> AsyncScript:
+        return self.redis.register_script(source)
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        return await self.call(script(keys=keys, args=args))
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the server answers PING."""
+        await self.call(self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
