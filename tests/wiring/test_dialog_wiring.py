@@ -39,8 +39,8 @@ def test_dialog_section_defaults_off_and_is_checked() -> None:
     assert (got.policy, got.window) == ("mandatory", 2.5)
     for bad, message in (
         ({"policy": "always"}, r"\[dialog\] policy: must be one of"),
-        ({"window": 0}, r"\[dialog\] window: must be a positive number"),
-        ({"window": 301}, r"\[dialog\] window: at most 300"),
+        ({"window": 0}, r"\[dialog\] window: must be > 0"),
+        ({"window": 301}, r"\[dialog\] window: must be <= 300"),
         ({"timer": 1}, r"\[dialog\] timer: unknown key"),
     ):
         with pytest.raises(ConfigError, match=message):

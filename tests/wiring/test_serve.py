@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli
+from tests.conftest import Cli, Signer
 
 FROM, TO = "<sip:+12025550100@pbx.example.com;user=phone>", "<tel:+12025550101>"
 
@@ -115,3 +115,48 @@ def test_check_config(cli: Cli, tmp_path: Path) -> None:
     )
     result = cli("check-config", "--config", bad)
     assert result.code == 2 and "/nonexistent.key" in result.err
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            "[[credential]]\nname='a'\nkey='k'\ncert='c'\ntn_ranges = ['abc,100']\n",
+            "[[credential]] #1 tn_ranges",
+        ),
+        ("[verify]\nmax_skew = -30\n", "[verify] max_skew: must be >= 0"),
+        ("[verify]\ndefault_region = 'XX'\n", "[verify] default_region"),
+        ("[verify]\npins = ['not-a-pin']\n", "[verify] pins"),
+        ("[verify]\nmax_age = 0.5\n", "[verify] max_age: must be an integer"),
+    ],
+)
+def test_check_config_refuses_bad_values(cli: Cli, tmp_path: Path, text: str, key: str) -> None:
+    config = tmp_path / "stird.toml"
+    config.write_text(text)
+    result = cli("check-config", "--config", config)
+    assert result.code == 2 and key in result.err
+
+
+def test_check_config_reports_every_problem(cli: Cli, signer: Signer, tmp_path: Path) -> None:
+    config = tmp_path / "stird.toml"
+    config.write_text(
+        "[verify]\nmax_skew = -30\ndefault_region = 'XX'\npins = ['not-a-pin']\nmax_age = 0.5\n"
+        "[[credential]]\nname='a'\nkey='/nonexistent.key'\ncert='/nonexistent.pem'\n"
+        "tn_ranges = ['abc,100']\n"
+    )
+    result = cli("check-config", "--config", config)
+    assert result.code == 2 and "5 problem(s)" in result.err
+    lines = [line.strip() for line in result.err.splitlines()[1:]]
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "[[credential]] #1 tn_ranges", "[verify] default_region", "[verify] max_age",
+        "[verify] max_skew", "[verify] pins",
+    ]  # fmt: skip
+    # with the values fixed, the files are checked (all of them) and named
+    config.write_text(
+        "[[credential]]\nname='a'\nkey='/nonexistent.key'\ncert='/nonexistent.pem'\n"
+        f"[[credential]]\nname='b'\nkey='{signer.key}'\ncert='{signer.cert}'\n"
+        f"[verify]\ntrust_anchors = ['{tmp_path / 'none.pem'}']\n"
+    )
+    result = cli("check-config", "--config", config)
+    assert result.code == 2 and "2 problem(s)" in result.err, result.err
+    assert "[[credential]] #1 (a)" in result.err and "[verify] trust_anchors" in result.err
