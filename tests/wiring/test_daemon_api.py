@@ -279,7 +279,7 @@ async def test_behind_it_refuses_sign_and_verify_with_503_at_once(
     code in ``data``) at once, so the PBX applies its fail policy instead of waiting out
     its timeout; status, health and metrics still answer."""
     sign = await signed(http)
-    daemon._lag_watch.cancel()  # the lag is set by hand below, not measured
+    await daemon.supervisor.cancel("loop-lag")  # the lag is set by hand below, not measured
     daemon.shedder.observe(1.0)
     status, body = await post(http, "/v1/verify", verify_body(sign))
     assert (status, body["code"], body["reason"]) == (503, 503, "Service Unavailable")
