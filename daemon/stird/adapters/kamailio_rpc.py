@@ -3,9 +3,10 @@ datagram socket (../shared/kamailio/README.md §6).
 
 Facts this follows: the datagram client must bind its own socket (Kamailio answers to
 the sender's address; stird binds a few abstract-namespace sockets once and matches
-answers to calls by id, so calls run concurrently); one request and one answer per datagram,
-answers can be large (121,882 bytes for 200 dialogs); `dlg.end_dlg` takes the dialog hash entry and id as JSON *integers* (strings
-give "Dialog not found") and an optional third parameter of extra header lines.
+answers to calls by id, so calls run concurrently); one request and one answer per
+datagram, answers can be large (121,882 bytes for 200 dialogs); `dlg.end_dlg` takes the
+dialog hash entry and id as JSON *integers* (strings give "Dialog not found") and an
+optional third parameter of extra header lines.
 """
 
 from __future__ import annotations
