@@ -189,7 +189,9 @@ async def test_forged_and_stray_answers_are_ignored(tmp_path: Path) -> None:
     forger.sendto(b"\xff not json", peer)
     await asyncio.sleep(0.05)
     assert not call.done()
-    kamailio.sendto(json.dumps({"jsonrpc": "2.0", "result": "real", "id": request_id}).encode(), peer)
+    kamailio.sendto(
+        json.dumps({"jsonrpc": "2.0", "result": "real", "id": request_id}).encode(), peer
+    )
     assert await asyncio.wait_for(call, 5) == "real"
     await rpc.close()
     kamailio.close()
