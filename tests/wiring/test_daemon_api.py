@@ -143,6 +143,37 @@ async def test_oversized_body_is_413(http: tuple[aiohttp.ClientSession, str]) ->
     assert status == 413
 
 
+@pytest.mark.parametrize(
+    ("path", "method", "params", "field"),
+    [
+        ("/v1/sign", "stir.sign", {"orig": FROM}, "dest"),
+        ("/v1/sign", "stir.sign", {"orig": "not a number", "dest": [TO]}, "orig"),
+        ("/v1/sign", "stir.sign", {"orig": FROM, "dest": [TO], "callid": ""}, "callid"),
+        ("/v1/sign", "stir.sign", {"orig": FROM, "dest": [TO], "dlg_h_entry": 1}, "dlg_h_id"),
+        ("/v1/verify", "stir.verify", {"to": TO}, "from"),
+        ("/v1/verify", "stir.verify", {"from": FROM, "to": TO, "timeout_ms": 1}, "timeout_ms"),
+        ("/v1/dialog", "stir.dialog", {"event": "answered"}, "call_id"),
+        ("/v1/dialog", "stir.dialog", {"event": "maybe", "callid": "c"}, "event"),
+        ("/v1/dialog", "stir.dialog", [], "body"),
+    ],
+)
+async def test_a_bad_field_is_400_on_every_transport(
+    http: tuple[aiohttp.ClientSession, str], path: str, method: str, params: Any, field: str
+) -> None:
+    """One error family, one table: HTTP 400 and JSON-RPC -32602, both naming the field
+    (FastAGI: STIRD_CODE=400, tests/adapters/test_agi.py)."""
+    status, body = await post(http, path, params)
+    assert (status, body["code"], body["reason"], body["field"]) == (
+        400, 400, "Bad Request", field)  # fmt: skip
+    assert body["error"].startswith(f"{field}: ")
+    call = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    status, answer = await post(http, "/jsonrpc", call)
+    error = answer["error"]
+    assert (status, error["code"], error["data"]["code"], error["data"]["field"]) == (
+        200, -32602, 400, field)  # fmt: skip
+    assert error["message"] == f"400 Bad Request: {body['error']}"
+
+
 async def test_jsonrpc_over_http(http: tuple[aiohttp.ClientSession, str]) -> None:
     sign = await signed(http)
     batch = [
