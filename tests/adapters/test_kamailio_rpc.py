@@ -213,3 +213,46 @@ async def test_no_file_is_created_per_call(
     for _ in range(3):
         assert (await rpc.health())["all"] == 1
     await rpc.close()
+
+
+def test_datagram_calls_on_the_daemons_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On uvloop (what `stird serve` runs), where loop.sock_sendto/sock_recvfrom raise
+    NotImplementedError: the client uses only add_reader and plain non-blocking calls.
+    The fake Kamailio here does the same."""
+    from stird import eventloop
+
+    monkeypatch.delenv("STIRD_EVENT_LOOP", raising=False)
+    factory = eventloop.loop_factory()
+    assert factory is not None and "uvloop" in factory.__module__
+    path = str(tmp_path / "kamailio_rpc.sock")
+
+    async def main() -> list[Any]:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        server.bind(path)
+        server.setblocking(False)
+        loop = asyncio.get_running_loop()
+
+        def reply(data: bytes, peer: str) -> None:
+            server.sendto(json.dumps(answer(json.loads(data), [])).encode(), peer)
+
+        def readable() -> None:
+            while True:
+                try:
+                    data, peer = server.recvfrom(65536)
+                except BlockingIOError:
+                    return
+                loop.call_later(0.05, reply, data, peer)
+
+        loop.add_reader(server.fileno(), readable)
+        rpc = KamailioRpc(KamailioTarget(socket_path=path, timeout=1.0))
+        try:
+            return await asyncio.gather(*(rpc.health() for _ in range(50)))
+        finally:
+            await rpc.close()
+            loop.remove_reader(server.fileno())
+            server.close()
+
+    results = eventloop.run(main())
+    assert [r["all"] for r in results] == [1] * 50
