@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from stird.adapters.netstring import NetstringDecoder, encode
+from stird.adapters.sdnotify import SystemdNotifier
 from stird.app import Daemon
 from stird.config import Config, HostPort, VerifyConfig
 from stird.core.sipdate import format_sip_date
@@ -266,8 +267,42 @@ async def test_failed_reload_keeps_running_config(daemon: Daemon, tmp_path: Path
     broken = replace(
         config(tmp_path), verify=VerifyConfig(trust_anchors=(tmp_path / "missing.pem",))
     )
-    await daemon.reload(broken)
+    assert await daemon.reload(broken) is False
     assert daemon.api.runtime is before
+
+
+async def test_any_reload_failure_keeps_serving_and_answers_ready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever breaks during a reload (here a bug in loading, not a ConfigError), the
+    running configuration stays, the failure is logged with its traceback and counted,
+    and systemd hears READY=1 again (never left in "reloading")."""
+    sent: list[dict[str, object]] = []
+
+    class Notifier(SystemdNotifier):
+        def send(self, **fields: object) -> bool:
+            sent.append(fields)
+            return True
+
+    daemon = Daemon(config(tmp_path), notifier=Notifier({}))
+    await daemon.start()
+    try:
+        before = daemon.api.runtime
+
+        def load() -> Config:
+            raise RuntimeError("a bug while loading")
+
+        assert await daemon.reload(load) is False
+        assert daemon.api.runtime is before
+        assert [next(iter(m)) for m in sent[-2:]] == ["RELOADING", "READY"]
+        assert str(sent[-1]["STATUS"]).startswith("reload failed, running the previous")
+        assert "a bug while loading" in str(sent[-1]["STATUS"])
+        assert any(r.exc_info for r in caplog.records if "reload failed" in r.getMessage())
+        assert "stird_reload_failures_total 1.0" in daemon.metrics.render().decode()
+        assert await daemon.reload(config(tmp_path, require_identity=True)) is True
+        assert daemon.api.runtime is not before and sent[-1]["READY"] == 1
+    finally:
+        await daemon.stop()
 
 
 async def test_kamailio_health_in_healthz(tmp_path: Path) -> None:
