@@ -29,6 +29,7 @@ from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.sockets import LISTEN_BACKLOG
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
+from stird.adapters.supervisor import Supervisor
 from stird.asterisk import start_asterisk
 from stird.builders import fetcher_for, trust_anchors
 from stird.config import Config, ConfigError, HostPort
@@ -240,6 +241,7 @@ class Daemon:
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
+    restart_backoff: float = 0.5  # s before a failed background task's first restart
 
     async def start(self) -> None:
         server = self.config.server
@@ -254,11 +256,13 @@ class Daemon:
             fallback = self.store
             self.metrics.watch_store(lambda: fallback.failures)
         await self._check_redis_eviction()
+        self.supervisor = Supervisor(on_restart=self._count_restart, base=self.restart_backoff)
         self.built = self._build(self.config)
         self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
         self.api = StirApi(self.built.runtime, self.metrics)
         self.shedder = LoadShedder(server.max_loop_lag, registry=self.metrics.registry)
         self.api.shedder = self.shedder
+        self.api.supervisor = self.supervisor
         self.dialogs = build_dialogs(self.config.dialog, self.metrics)
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
@@ -278,12 +282,15 @@ class Daemon:
             )
         self.asterisk = await start_asterisk(self.config, self.api, self.metrics)
         self.kamailio = self._kamailio()
-        self.dialogs.start(self.kamailio, self.asterisk.ami)  # ends dialogs through them
+        self.dialogs.start(self.kamailio, self.asterisk.ami, self.supervisor)  # ends dialogs
         self.agi_address = self.asterisk.agi_address
         # HTTP (and /healthz) answers last: once it does, every listener is up
         await web.SockSite(self._runner, http_sock, backlog=LISTEN_BACKLOG).start()
-        self._lag_watch = asyncio.get_running_loop().create_task(self.shedder.run())
+        self.supervisor.supervise("loop-lag", self.shedder.run)
         self._announce()
+
+    def _count_restart(self, task: str) -> None:
+        self.metrics.task_restarts.labels(task).inc()
 
     def _build(self, config: Config) -> Built:
         return build_runtime(config, self.store, self.base_url, int(time.time()),
@@ -306,7 +313,7 @@ class Daemon:
                 self.api.health["kamailio"] = await probe(rpc)
                 await asyncio.sleep(k.health_interval)
 
-        self._kamailio_watch = asyncio.get_running_loop().create_task(watch())
+        self.supervisor.supervise("kamailio-health", watch)
         return rpc
 
     def _store(self) -> KeyValueStore:
@@ -339,22 +346,34 @@ class Daemon:
         log.info("HTTP on %s, JSON-RPC (netstring) on %s", self.base_url, self.jsonrpc_address)
         self.notifier.ready(f"serving on {self.base_url}")
 
-    async def reload(self, config: Config) -> None:
-        """SIGHUP: new credentials, anchors and policy; requests in flight finish on the
-        services they started with. Listener changes need a restart."""
+    async def reload(self, source: Config | Callable[[], Config]) -> bool:
+        """SIGHUP: new credentials, anchors and policy from ``source`` (a configuration or
+        how to load one); requests in flight finish on the services they started with.
+        Listener changes need a restart. Whatever goes wrong (the file, a key, a bug), the
+        running configuration stays, the failure is logged and counted, and systemd hears
+        READY=1 again with the reason in STATUS=. Returns whether the new one applies."""
         self.notifier.reloading()
         try:
+            config = source() if callable(source) else source
             built = self._build(config)
-        except (ConfigError, keyfiles.KeyFileError, OSError) as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-        else:
-            old, self.built, self.config = self.built, built, config
-            self.api.runtime = built.runtime
-            self.dialogs.reconfigure(config.dialog.policy, config.dialog.window)
-            self._retired.append(old)
-            asyncio.get_running_loop().call_later(30, self._retire, old)
-            log.info("configuration reloaded")
-        self.notifier.ready("reloaded")
+        except Exception as exc:  # a reload must never take the daemon down
+            reason = " ".join(str(exc).splitlines()) or type(exc).__name__
+            log.error(
+                "reload failed, keeping the running configuration: %s",
+                str(exc) or exc,
+                exc_info=not isinstance(exc, (ConfigError, keyfiles.KeyFileError, OSError)),
+            )
+            self.metrics.reload_failures.inc()
+            self.notifier.ready(f"reload failed, running the previous configuration: {reason}")
+            return False
+        old, self.built, self.config = self.built, built, config
+        self.api.runtime = built.runtime
+        self.dialogs.reconfigure(config.dialog.policy, config.dialog.window)
+        self._retired.append(old)
+        asyncio.get_running_loop().call_later(30, self._retire, old)
+        log.info("configuration reloaded")
+        self.notifier.ready(f"reloaded; serving on {self.base_url}")
+        return True
 
     def _retire(self, old: Built) -> None:
         if old in self._retired:
@@ -363,13 +382,12 @@ class Daemon:
 
     async def stop(self) -> None:
         self.notifier.stopping()
-        self._lag_watch.cancel()
+        await self.supervisor.close()
         if self._netstring is not None:
             await self._netstring.close()
         await self.dialogs.close()
         await self.asterisk.close()
         if self.kamailio is not None:
-            self._kamailio_watch.cancel()
             await self.kamailio.close()
         await self._runner.cleanup()
         if self.cps is not None:
@@ -400,30 +418,20 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    background: set[asyncio.Task[None]] = set()
+    background: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
         if load is not None:
-            task = loop.create_task(_reload(daemon, load))
+            task = loop.create_task(daemon.reload(load))
             background.add(task)
             task.add_done_callback(background.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     interval = daemon.notifier.watchdog_interval()
-    dog = loop.create_task(run_watchdog(daemon.notifier, interval)) if interval else None
+    if interval:
+        daemon.supervisor.supervise("watchdog", lambda: run_watchdog(daemon.notifier, interval))
     await stop.wait()
-    if dog is not None:
-        dog.cancel()
     await daemon.stop()
-
-
-async def _reload(daemon: Daemon, load: Callable[[], Config]) -> None:
-    try:
-        config = load()
-    except ConfigError as exc:
-        log.error("reload failed, keeping the running configuration: %s", exc)
-        return
-    await daemon.reload(config)
 
 
 __all__ = ["Daemon", "build_runtime", "ensure_dev_credential", "serve"]

@@ -307,20 +307,44 @@ def _credentials_line(config: Config) -> str:
     return f"{len(config.credentials)} credential(s): {names}"
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
+def _file_problems(config: Config) -> list[str]:
+    """What parsing cannot see: listeners' exposure, the token, keys and certificates."""
+    problems: list[str] = []
     try:
-        config = load_config(args.config)
         check_exposure(config.server)
         if config.server.token_file is not None:
             load_token(config.server.token_file)
     except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    for cred in config.credentials:
-        keys.load_private_key(cred.key)
-        keys.load_certs(cred.cert)
+        problems.extend(exc.problems)
+    for index, cred in enumerate(config.credentials):
+        where = f"[[credential]] #{index + 1} ({cred.name})"
+        try:
+            key = keys.load_private_key(cred.key)
+            chain = keys.load_certs(cred.cert)
+        except keys.KeyFileError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        if chain[0].public_key() != key.public_key():
+            problems.append(f"{where} key: does not match the certificate {cred.cert}")
     for anchor in config.verify.trust_anchors:
-        keys.load_certs(anchor)
+        try:
+            keys.load_certs(anchor)
+        except keys.KeyFileError as exc:
+            problems.append(f"[verify] trust_anchors: {exc}")
+    return problems
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Every problem of the file at once, one a line (the same checks as serve and SIGHUP)."""
+    path = config_path(args.config)
+    try:
+        config = load_config(args.config)
+        problems = _file_problems(config)
+    except ConfigError as exc:
+        problems = list(exc.problems)
+    if problems:
+        lines = "\n".join(f"  {p}" for p in problems)
+        raise UsageError(f"{path or 'embedded default'}: {len(problems)} problem(s)\n{lines}")
     print(f"{path or 'embedded default'}: OK ({_credentials_line(config)})")
     return EXIT_OK
 

@@ -1,4 +1,11 @@
-"""stird.toml: loading and validation. Every error names the key and the problem.
+"""stird.toml: one declaration of every key, used by ``check-config``, ``serve`` and SIGHUP.
+
+Each key is a dataclass field declared with :func:`setting`: its default and the check that
+turns the TOML value into the typed value (or says what is wrong). :func:`parse_config`
+walks those declarations, so adding a key is one line in its section's dataclass, e.g.
+``idle_timeout: float = setting(60.0, seconds)`` in :class:`ServerConfig`. Cross-key rules of a
+section live in ``_RULES``. Every problem is phrased ``[section] key: problem`` and all of
+them are collected: :class:`ConfigError` carries the full list.
 
 Lookup order: ``--config FILE``, ``$STIRD_CONFIG``, ``/etc/stird/stird.toml``; with none of
 them, the embedded default (development credential, everything on loopback).
@@ -6,21 +13,31 @@ them, the embedded default (development credential, everything on loopback).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import phonenumbers
+
+from stird.core.errors import StirError
+from stird.core.tn import parse_cli_id
 
 DEFAULT_PATH = Path("/etc/stird/stird.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/stird")
 
 
 class ConfigError(Exception):
-    """A configuration problem, phrased as ``[section] key: problem``."""
+    """Configuration problems, each phrased as ``[section] key: problem``."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,95 +62,301 @@ def parse_hostport(text: str) -> HostPort:
     return HostPort(match["v6"] or match["host"], int(match["port"]))
 
 
+# ------------------------------------------------------------------ checks ----
+# A check takes the TOML value and returns the typed value or raises ValueError.
+
+Check = Callable[[Any], Any]
+_NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def setting(default: Any, check: Check, *, secret: bool = False) -> Any:
+    """Declare a key: its default (``_NO_DEFAULT``: required) and its check; a ``secret``
+    never shows in ``repr`` (logs, tracebacks)."""
+    if default is _NO_DEFAULT:
+        return field(metadata={"check": check}, repr=not secret)
+    return field(default=default, metadata={"check": check}, repr=not secret)
+
+
+def typed(kind: type) -> Check:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+            raise ValueError(f"must be {kind.__name__}")
+        return value
+
+    return check
+
+
+boolean, text = typed(bool), typed(str)
+
+
+def number(*, minimum: float = 0, above: bool = False, integer: bool = False,
+           maximum: float | None = None) -> Check:  # fmt: skip
+    """A number (an integer if ``integer``) ``>= minimum`` (``> minimum`` if ``above``)."""
+
+    def check(value: Any) -> Any:
+        kinds = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError("must be an integer" if integer else "must be a number")
+        if value < minimum or (above and value == minimum):
+            raise ValueError(f"must be {'>' if above else '>='} {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be <= {maximum:g}")
+        return value
+
+    return check
+
+
+seconds = number()  # a duration, 0 or more
+positive_seconds = number(above=True)
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
+
+
+def each(check: Check) -> Check:
+    """A list of strings, each passed through ``check`` (problems name the item)."""
+
+    def check_all(value: Any) -> tuple[Any, ...]:
+        out = []
+        for index, item in enumerate(strings(value)):
+            try:
+                out.append(check(item))
+            except ValueError as exc:
+                raise ValueError(f"item {index + 1} ({item[:64]!r}): {exc}") from None
+        return tuple(out)
+
+    return check_all
+
+
+def path(value: Any) -> Path:
+    if not text(value):
+        raise ValueError("must not be empty")
+    return Path(value)
+
+
+paths = each(path)
+
+
+def network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("not an IP network") from None
+    return value
+
+
+def hostport(value: Any) -> HostPort:
+    return parse_hostport(text(value))
+
+
+def optional_hostport(value: Any) -> HostPort | None:
+    if value in ("", "off"):
+        return None
+    return hostport(value)
+
+
+def port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ValueError("must be a port number (1-65535)")
+    return value
+
+
+_URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
+
+
+def http_url(value: Any) -> str:
+    """An http(s) URL without query, fragment or userinfo, trailing "/" dropped."""
+    if not _URL.fullmatch(text(value)):
+        raise ValueError(f"must be an http(s) URL without query or userinfo, got {value!r}")
+    return str(value).rstrip("/")
+
+
+def document_url(value: Any) -> str:
+    """An http(s) URL kept as written (x5u: the exact string goes into PASSporTs)."""
+    http_url(value)
+    return str(value)
+
+
+def redis_url(value: Any) -> str:
+    if not re.fullmatch(r"(rediss?|unix)://\S+", text(value)):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {value!r}")
+    return str(value)
+
+
+def region(value: Any) -> str | None:
+    """A region code phonenumbers knows (ISO 3166 alpha-2, e.g. "US"); "" for none."""
+    if text(value) == "":
+        return None
+    if value not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"not a region code phonenumbers knows (e.g. US, GB, FR), got {value!r}")
+    return str(value)
+
+
+def pin(value: str) -> str:
+    """A SHA-256 fingerprint: 64 hex digits, colons allowed between byte pairs."""
+    if not re.fullmatch(r"[0-9A-Fa-f]{64}", value.replace(":", "")):
+        raise ValueError("must be a SHA-256 fingerprint (64 hex digits, colons allowed)")
+    return value
+
+
+def telephone_number(value: str) -> str:
+    try:
+        parse_cli_id(value)
+    except StirError as exc:
+        raise ValueError(exc.detail) from None
+    return value
+
+
+def tn_range(value: str) -> str:
+    """``START,COUNT``: a number and how many numbers from it on."""
+    start, comma, count = value.partition(",")
+    if not comma or not count.strip().isdigit() or int(count) < 1:
+        raise ValueError("want START,COUNT with COUNT a positive integer")
+    telephone_number(start)
+    return value
+
+
+def tn_prefix(value: str) -> str:
+    if not re.fullmatch(r"\+?[0-9]{1,15}", value):
+        raise ValueError("telephone-number prefixes are digits with an optional '+'")
+    return value
+
+
+def digits_prefix(value: Any) -> str:
+    return tn_prefix(text(value)).lstrip("+")
+
+
+def table(of_key: Check, of_value: Check) -> Check:
+    def check(value: Any) -> tuple[tuple[Any, Any], ...]:
+        if not isinstance(value, dict):
+            raise ValueError("must be a table")
+        return tuple((of_key(k), of_value(v)) for k, v in value.items())
+
+    return check
+
+
+def dtls_certs(value: Any) -> tuple[tuple[str, Path], ...]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise ValueError('must be a table of endpoint = "/path/to/dtls_cert_file"')
+    return tuple((name, Path(p)) for name, p in value.items())
+
+
+def credential_name(value: Any) -> str:
+    if not re.fullmatch(r"[\w.-]+", text(value)):
+        raise ValueError("must be made of letters, digits, . _ -")
+    return str(value)
+
+
+# ---------------------------------------------------------------- sections ----
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    http: HostPort = HostPort("127.0.0.1", 8790)
-    jsonrpc: HostPort | None = HostPort("127.0.0.1", 8791)
-    agi: HostPort | None = HostPort("127.0.0.1", 4573)
-    state_dir: Path = DEFAULT_STATE_DIR
-    public_url: str | None = None  # how others reach GET /certs/ (default: the HTTP listener)
-    max_body: int = 256 * 1024
-    token_file: Path | None = None  # bearer token for the HTTP API (stird.exposure)
-    insecure_expose: bool = False  # allow unprotected listeners off loopback
-    max_loop_lag: float = 0.25  # s the event loop may run late before work is refused; 0: never
+    http: HostPort = setting(HostPort("127.0.0.1", 8790), hostport)
+    jsonrpc: HostPort | None = setting(HostPort("127.0.0.1", 8791), optional_hostport)
+    agi: HostPort | None = setting(HostPort("127.0.0.1", 4573), optional_hostport)
+    state_dir: Path = setting(DEFAULT_STATE_DIR, path)
+    public_url: str | None = setting(None, http_url)  # how others reach GET /certs/ (default: HTTP)
+    max_body: int = setting(256 * 1024, number(integer=True, above=True))
+    token_file: Path | None = setting(None, path)  # bearer token for the HTTP API (stird.exposure)
+    insecure_expose: bool = setting(False, boolean)  # allow unprotected listeners off loopback
+    max_loop_lag: float = setting(
+        0.25, seconds
+    )  # s the loop may run late before refusing; 0: never
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyConfig:
-    require_identity: bool = False
-    max_age: int = 60
-    max_skew: int = 10
-    role: str = "endpoint"
-    on_failure: str = "reject"
-    min_attest: str | None = None
-    trust_anchors: tuple[Path, ...] = ()
-    pins: tuple[str, ...] = ()
-    tofu: bool = True
-    replay: bool = True
-    replay_peak_rate: int = 2000  # PASSporTs/s the replay cache holds for a whole window
-    replay_overflow: str = "refuse"  # refuse (503) | unchecked, when it is full anyway
-    require_call_id: bool = False  # a verify request without call_id is 400
-    default_region: str | None = "US"
-    fetch_timeout: float = 2.0
-    deadline: float = 3.0
-    allow_http: bool = False
-    allow_networks: tuple[str, ...] = ()
-    allow_hosts: tuple[str, ...] = ()
+    require_identity: bool = setting(False, boolean)
+    max_age: int = setting(60, number(integer=True, above=True))
+    max_skew: int = setting(10, number(integer=True))
+    role: str = setting("endpoint", one_of("endpoint", "intermediary"))
+    on_failure: str = setting("reject", one_of("reject", "continue", "continue-with-reason"))
+    min_attest: str | None = setting(None, one_of("A", "B", "C"))
+    trust_anchors: tuple[Path, ...] = setting((), paths)
+    pins: tuple[str, ...] = setting((), each(pin))
+    tofu: bool = setting(True, boolean)
+    replay: bool = setting(True, boolean)
+    # PASSporTs/s the replay cache holds for a whole window; when full: refuse (503) or
+    # let calls through marked "replay": "unchecked"
+    replay_peak_rate: int = setting(2000, number(integer=True, above=True))
+    replay_overflow: str = setting("refuse", one_of("refuse", "unchecked"))
+    require_call_id: bool = setting(False, boolean)  # a verify request without call_id: 400
+    default_region: str | None = setting("US", region)
+    fetch_timeout: float = setting(2.0, positive_seconds)
+    deadline: float = setting(3.0, positive_seconds)
+    allow_http: bool = setting(False, boolean)
+    allow_networks: tuple[str, ...] = setting((), each(network))
+    allow_hosts: tuple[str, ...] = setting((), strings)
 
 
 @dataclass(frozen=True, slots=True)
 class SignConfig:
-    ppt: str = "msec"
-    add_shaken: bool = True
-    compact: bool = False
-    uncovered: str = "refuse"
-    uncovered_attest: str = "C"
-    max_date_skew: int = 60
+    ppt: str = setting("msec", one_of("msec", "shaken", "none"))
+    add_shaken: bool = setting(True, boolean)
+    compact: bool = setting(False, boolean)
+    uncovered: str = setting("refuse", one_of("refuse", "unsigned", "sign"))
+    uncovered_attest: str = setting("C", one_of("A", "B", "C"))
+    max_date_skew: int = setting(60, number(integer=True, above=True))
 
 
 @dataclass(frozen=True, slots=True)
 class CredentialConfig:
-    name: str
-    key: Path
-    cert: Path
-    x5u: str | None = None
-    attest: str = "A"
-    tns: tuple[str, ...] = ()
-    tn_ranges: tuple[str, ...] = ()
-    tn_prefixes: tuple[str, ...] = ()
-    domains: tuple[str, ...] = ()
+    name: str = setting(_NO_DEFAULT, credential_name)
+    key: Path = setting(_NO_DEFAULT, path)
+    cert: Path = setting(_NO_DEFAULT, path)
+    x5u: str | None = setting(None, document_url)
+    attest: str = setting("A", one_of("A", "B", "C"))
+    tns: tuple[str, ...] = setting((), each(telephone_number))
+    tn_ranges: tuple[str, ...] = setting((), each(tn_range))
+    tn_prefixes: tuple[str, ...] = setting((), each(tn_prefix))
+    domains: tuple[str, ...] = setting((), strings)
 
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     # e.g. redis://127.0.0.1:6379/0, shared by several instances; may carry a password
-    redis: str | None = field(default=None, repr=False)
+    redis: str | None = setting(None, redis_url, secret=True)
 
 
 @dataclass(frozen=True, slots=True)
 class AsteriskConfig:
     """[asterisk]: the FastAGI routes (listener: [server] agi) and the AMI client."""
 
-    agi_timeout: float = 2.0  # seconds for each FastAGI exchange
-    fail_action: str = "reject"  # what the dialplan is told when stird cannot sign/verify
-    dtls_certs: tuple[tuple[str, Path], ...] = ()  # endpoint -> its pjsip dtls_cert_file
-    dtls_fingerprint: str = "SHA-256"  # as pjsip.conf dtls_fingerprint
-    ami_enabled: bool = False
-    ami_host: str = "127.0.0.1"
-    ami_port: int = 5038
-    ami_user: str = "stird"
-    ami_secret: str | None = field(default=None, repr=False)
-    ami_secret_file: Path | None = None
+    agi_timeout: float = setting(2.0, positive_seconds)  # each FastAGI exchange
+    fail_action: str = setting("reject", one_of("reject", "continue"))  # when stird cannot answer
+    dtls_certs: tuple[tuple[str, Path], ...] = setting((), dtls_certs)  # endpoint -> dtls_cert_file
+    dtls_fingerprint: str = setting("SHA-256", one_of("SHA-256", "SHA-1"))  # as pjsip.conf
+    ami_enabled: bool = setting(False, boolean)
+    ami_host: str = setting("127.0.0.1", text)
+    ami_port: int = setting(5038, port)
+    ami_user: str = setting("stird", text)
+    ami_secret: str | None = setting(None, text, secret=True)
+    ami_secret_file: Path | None = setting(None, path)
 
 
 @dataclass(frozen=True, slots=True)
 class KamailioConfig:
     """[kamailio]: stird → Kamailio control and health through jsonrpcs."""
 
-    rpc_url: str | None = None  # http://127.0.0.1:5081/RPC (xhttp)
-    rpc_socket: str | None = None  # /run/kamailio/kamailio_rpc.sock (UNIX datagram)
-    timeout: float = 1.0
-    health_interval: float = 10.0
+    rpc_url: str | None = setting(None, http_url)  # http://127.0.0.1:5081/RPC (xhttp)
+    rpc_socket: str | None = setting(None, text)  # /run/kamailio/kamailio_rpc.sock (datagram)
+    timeout: float = setting(1.0, positive_seconds)
+    health_interval: float = setting(10.0, positive_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,26 +366,28 @@ class DialogConfig:
     within ``window`` seconds; "mandatory" ends the dialog otherwise, "opportunistic"
     only records it, "off" tracks nothing."""
 
-    policy: str = "off"
-    window: float = 5.0
+    policy: str = setting("off", one_of("mandatory", "opportunistic", "off"))
+    window: float = setting(5.0, number(above=True, maximum=300))
 
 
 @dataclass(frozen=True, slots=True)
 class OobConfig:
     """[oob]: out-of-band PASSporTs through Call Placement Services (RFC 8816)."""
 
-    enabled: bool = True
-    cps: str | None = None  # default CPS; unset on the embedded default: stird's own listener
-    cps_by_prefix: tuple[tuple[str, str], ...] = ()  # called-number prefix (digits) -> URL
-    profile_by_cps: tuple[tuple[str, str], ...] = ()  # URL -> "rfc8816" | "atis"
-    publish_for: tuple[str, ...] = ()  # called-number prefixes always sent out of band
-    retrieve: str = "absent"  # "absent" | "always" | "never"
-    timeout: float = 1.0
-    decryption_keys: tuple[Path, ...] = ()
-    atis_spc: str | None = None
-    atis_credential: str | None = None  # a [[credential]] name (default: the first)
-    allow_http: bool = False
-    allow_networks: tuple[str, ...] = ()
+    enabled: bool = setting(True, boolean)
+    cps: str | None = setting(None, http_url)  # default CPS; embedded default: stird's own listener
+    cps_by_prefix: tuple[tuple[str, str], ...] = setting((), table(digits_prefix, http_url))
+    profile_by_cps: tuple[tuple[str, str], ...] = setting(
+        (), table(http_url, one_of("rfc8816", "atis"))
+    )
+    publish_for: tuple[str, ...] = setting((), each(digits_prefix))  # always sent out of band
+    retrieve: str = setting("absent", one_of("absent", "always", "never"))
+    timeout: float = setting(1.0, number(above=True, maximum=10))  # signing waits for it
+    decryption_keys: tuple[Path, ...] = setting((), paths)
+    atis_spc: str | None = setting(None, text)
+    atis_credential: str | None = setting(None, text)  # a [[credential]] name (default: the first)
+    allow_http: bool = setting(False, boolean)
+    allow_networks: tuple[str, ...] = setting((), each(network))
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,257 +405,110 @@ class Config:
     source: Path | None = None  # the file it came from; None = embedded default
 
 
-Check = Callable[[Any], Any]
+# ------------------------------------------------------------------ parsing ----
+
+# [table] name in the file -> its dataclass; "credential" is an array of tables
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig, "verify": VerifyConfig, "sign": SignConfig,
+    "store": StoreConfig, "asterisk": AsteriskConfig, "kamailio": KamailioConfig,
+    "oob": OobConfig, "dialog": DialogConfig,
+}  # fmt: skip
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_TOP = {*_SECTIONS, "credential", "log_level"}
 
 
-def _one_of(*choices: str) -> Check:
-    def check(value: Any) -> Any:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-
-    return check
+def _asterisk_rules(ast: AsteriskConfig, given: set[str]) -> Iterable[str]:
+    if "ami_secret" in given and "ami_secret_file" in given:
+        yield "ami_secret: give ami_secret or ami_secret_file, not both"
+    if ast.ami_enabled and not given & {"ami_secret", "ami_secret_file"}:
+        yield "ami_secret: required when ami_enabled = true"
 
 
-def _positive(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError("must be a positive number")
-    return value
+def _kamailio_rules(kam: KamailioConfig, given: set[str]) -> Iterable[str]:
+    if kam.rpc_url and kam.rpc_socket:
+        yield "rpc_url: give rpc_url or rpc_socket, not both"
 
 
-def _not_negative(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError("must be a number, 0 or more")
-    return value
+def _oob_rules(oob: OobConfig, given: set[str]) -> Iterable[str]:
+    if "atis" in dict(oob.profile_by_cps).values() and not oob.atis_spc:
+        yield "atis_spc: required when a CPS uses the atis profile"
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("must be a list of strings")
-    return tuple(value)
+# cross-key rules of a section: (value, keys given) -> "key: problem" lines
+_RULES: dict[type, Callable[[Any, set[str]], Iterable[str]]] = {
+    AsteriskConfig: _asterisk_rules, KamailioConfig: _kamailio_rules, OobConfig: _oob_rules,
+}  # fmt: skip
 
 
-def _paths(value: Any) -> tuple[Path, ...]:
-    return tuple(Path(v) for v in _strings(value))
-
-
-def _networks(value: Any) -> tuple[str, ...]:
-    for item in _strings(value):
-        ipaddress.ip_network(item, strict=False)
-    return _strings(value)
-
-
-def _typed(kind: type | tuple[type, ...]) -> Check:
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) and kind is not bool:
-            raise ValueError(f"must be {getattr(kind, '__name__', kind)}")
-        if not isinstance(value, kind):
-            raise ValueError(f"must be {getattr(kind, '__name__', kind)}")
-        return value
-
-    return check
-
-
-def _optional_hostport(value: Any) -> HostPort | None:
-    if value in ("", "off"):
+def _section(cls: type, data: Any, where: str, problems: list[str]) -> Any:
+    """``cls`` built from one TOML table; problems appended (then the default instance,
+    or None for a section with required keys)."""
+    if not isinstance(data, dict):
+        problems.append(f"{where}: must be a table")
         return None
-    return parse_hostport(_typed(str)(value))
-
-
-_SERVER: dict[str, Check] = {
-    "http": lambda v: parse_hostport(_typed(str)(v)),
-    "jsonrpc": _optional_hostport,
-    "agi": _optional_hostport,
-    "state_dir": lambda v: Path(_typed(str)(v)),
-    "public_url": _typed(str),
-    "max_body": _positive,
-    "token_file": lambda v: Path(_typed(str)(v)),
-    "insecure_expose": _typed(bool),
-    "max_loop_lag": _not_negative,
-}
-_VERIFY: dict[str, Check] = {
-    "require_identity": _typed(bool), "max_age": _positive, "max_skew": _typed(int),
-    "role": _one_of("endpoint", "intermediary"),
-    "on_failure": _one_of("reject", "continue", "continue-with-reason"),
-    "min_attest": _one_of("A", "B", "C"), "trust_anchors": _paths, "pins": _strings,
-    "tofu": _typed(bool), "replay": _typed(bool), "default_region": _typed(str),
-    "replay_peak_rate": _positive, "replay_overflow": _one_of("refuse", "unchecked"),
-    "require_call_id": _typed(bool),
-    "fetch_timeout": _positive, "deadline": _positive, "allow_http": _typed(bool),
-    "allow_networks": _networks, "allow_hosts": _strings,
-}  # fmt: skip
-_SIGN: dict[str, Check] = {
-    "ppt": _one_of("msec", "shaken", "none"), "add_shaken": _typed(bool),
-    "compact": _typed(bool), "uncovered": _one_of("refuse", "unsigned", "sign"),
-    "uncovered_attest": _one_of("A", "B", "C"), "max_date_skew": _positive,
-}  # fmt: skip
-_CREDENTIAL: dict[str, Check] = {
-    "name": _typed(str), "key": lambda v: Path(_typed(str)(v)),
-    "cert": lambda v: Path(_typed(str)(v)), "x5u": _typed(str),
-    "attest": _one_of("A", "B", "C"), "tns": _strings, "tn_ranges": _strings,
-    "tn_prefixes": _strings, "domains": _strings,
-}  # fmt: skip
-_STORE: dict[str, Check] = {"redis": _typed(str)}
-
-
-def _port(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise ValueError("must be a port number (1-65535)")
-    return value
-
-
-def _dtls_certs(value: Any) -> tuple[tuple[str, Path], ...]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
-    ):
-        raise ValueError('must be a table of endpoint = "/path/to/dtls_cert_file"')
-    return tuple((name, Path(path)) for name, path in value.items())
-
-
-_ASTERISK: dict[str, Check] = {
-    "agi_timeout": _positive, "fail_action": _one_of("reject", "continue"),
-    "dtls_certs": _dtls_certs, "dtls_fingerprint": _one_of("SHA-256", "SHA-1"),
-    "ami_enabled": _typed(bool), "ami_host": _typed(str), "ami_port": _port,
-    "ami_user": _typed(str), "ami_secret": _typed(str),
-    "ami_secret_file": lambda v: Path(_typed(str)(v)),
-}  # fmt: skip
-
-
-def _asterisk(table: Any) -> AsteriskConfig:
-    fields = _section(table, "[asterisk]", _ASTERISK)
-    if "ami_secret" in fields and "ami_secret_file" in fields:
-        raise ConfigError("[asterisk] ami_secret: give ami_secret or ami_secret_file, not both")
-    if fields.get("ami_enabled") and not ("ami_secret" in fields or "ami_secret_file" in fields):
-        raise ConfigError("[asterisk] ami_secret: required when ami_enabled = true")
-    return AsteriskConfig(**fields)
-
-
-def _section(table: Any, where: str, spec: Mapping[str, Check]) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: must be a table")
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in spec:
-            raise ConfigError(f"{where} {key}: unknown key (known: {', '.join(sorted(spec))})")
+    declared = {f.name: f for f in dataclasses.fields(cls) if "check" in f.metadata}
+    values: dict[str, Any] = {}
+    before = len(problems)
+    for name, value in data.items():
+        if name not in declared:
+            problems.append(f"{where} {name}: unknown key (known: {', '.join(sorted(declared))})")
+            continue
         try:
-            out[key] = spec[key](value)
+            values[name] = declared[name].metadata["check"](value)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{where} {key}: {exc}") from None
-    return out
+            problems.append(f"{where} {name}: {exc}")
+    for name, decl in declared.items():
+        if decl.default is dataclasses.MISSING and name not in data:
+            problems.append(f"{where} {name}: missing")
+    if len(problems) > before:
+        return None
+    built = cls(**values)
+    problems.extend(f"{where} {line}" for line in _RULES.get(cls, _none)(built, set(values)))
+    return built
 
 
-def _credentials(items: Any) -> tuple[CredentialConfig, ...]:
+def _none(value: Any, given: set[str]) -> Iterable[str]:
+    return ()
+
+
+def _credentials(items: Any, problems: list[str]) -> tuple[CredentialConfig, ...]:
     if not isinstance(items, list):
-        raise ConfigError("[[credential]]: must be an array of tables")
+        problems.append("[[credential]]: must be an array of tables")
+        return ()
     out: list[CredentialConfig] = []
     for index, item in enumerate(items):
         where = f"[[credential]] #{index + 1}"
-        fields = _section(item, where, _CREDENTIAL)
-        for required in ("name", "key", "cert"):
-            if required not in fields:
-                raise ConfigError(f"{where} {required}: missing")
-        if fields["name"] in {c.name for c in out} or not re.fullmatch(r"[\w.-]+", fields["name"]):
-            raise ConfigError(f"{where} name: must be unique and made of letters, digits, . _ -")
-        out.append(CredentialConfig(**fields))
+        cred = _section(CredentialConfig, item, where, problems)
+        if cred is None:
+            continue
+        if cred.name in {c.name for c in out}:
+            problems.append(f"{where} name: must be unique, {cred.name!r} is taken")
+        out.append(cred)
     return tuple(out)
 
 
-_KAMAILIO: dict[str, Check] = {
-    "rpc_url": _typed(str), "rpc_socket": _typed(str), "timeout": _positive,
-    "health_interval": _positive,
-}  # fmt: skip
-
-
-def _kamailio(table: Any) -> KamailioConfig:
-    fields = _section(table, "[kamailio]", _KAMAILIO)
-    if fields.get("rpc_url") and fields.get("rpc_socket"):
-        raise ConfigError("[kamailio] rpc_url: give rpc_url or rpc_socket, not both")
-    return KamailioConfig(**fields)
-
-
-def _url(value: Any) -> str:
-    text: str = _typed(str)(value)
-    if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", text):
-        raise ValueError(f"must be an http(s) URL without query or userinfo, got {text!r}")
-    return text.rstrip("/")
-
-
-def _prefix(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"\+?[0-9]{1,15}", value):
-        raise ValueError(f"telephone-number prefixes are digits with an optional '+': {value!r}")
-    return value.lstrip("+")
-
-
-def _table(key: Check, value: Check) -> Check:
-    def check(table: Any) -> tuple[tuple[Any, Any], ...]:
-        if not isinstance(table, dict):
-            raise ValueError("must be a table")
-        return tuple((key(k), value(v)) for k, v in table.items())
-
-    return check
-
-
-_OOB: dict[str, Check] = {
-    "enabled": _typed(bool), "cps": _url, "cps_by_prefix": _table(_prefix, _url),
-    "profile_by_cps": _table(_url, _one_of("rfc8816", "atis")),
-    "publish_for": lambda v: tuple(_prefix(p) for p in _strings(v)),
-    "retrieve": _one_of("absent", "always", "never"), "timeout": _positive,
-    "decryption_keys": _paths, "atis_spc": _typed(str), "atis_credential": _typed(str),
-    "allow_http": _typed(bool), "allow_networks": _networks,
-}  # fmt: skip
-
-
-def _oob(table: Any, credentials: tuple[CredentialConfig, ...]) -> OobConfig:
-    oob = OobConfig(**_section(table, "[oob]", _OOB))
-    if oob.timeout > 10:
-        raise ConfigError("[oob] timeout: at most 10 seconds (signing waits for it)")
-    if "atis" in dict(oob.profile_by_cps).values() and not oob.atis_spc:
-        raise ConfigError("[oob] atis_spc: required when a CPS uses the atis profile")
-    names = [c.name for c in credentials]
-    if oob.atis_credential is not None and oob.atis_credential not in names:
-        raise ConfigError(f"[oob] atis_credential: no [[credential]] named {oob.atis_credential!r}")
-    return oob
-
-
-_DIALOG: dict[str, Check] = {
-    "policy": _one_of("mandatory", "opportunistic", "off"), "window": _positive,
-}  # fmt: skip
-
-
-def _dialog(table: Any) -> DialogConfig:
-    dialog = DialogConfig(**_section(table, "[dialog]", _DIALOG))
-    if dialog.window > 300:
-        raise ConfigError("[dialog] window: at most 300 seconds")
-    return dialog
-
-
-_TOP = {"server", "verify", "sign", "credential", "store", "asterisk", "kamailio", "oob",
-        "dialog", "log_level"}  # fmt: skip
-
-
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
-    unknown = set(data) - _TOP
-    if unknown:
-        raise ConfigError(
-            f"{sorted(unknown)[0]}: unknown section (known: {', '.join(sorted(_TOP))})"
-        )
+    """The configuration in ``data`` (parsed TOML); raises :class:`ConfigError` with every
+    problem found."""
+    problems = [
+        f"{name}: unknown section (known: {', '.join(sorted(_TOP))})"
+        for name in sorted(set(data) - _TOP)
+    ]
     level = data.get("log_level", "info")
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("log_level: must be one of debug, info, warning, error")
-    credentials = _credentials(data.get("credential", []))
-    return Config(
-        server=ServerConfig(**_section(data.get("server", {}), "[server]", _SERVER)),
-        verify=VerifyConfig(**_section(data.get("verify", {}), "[verify]", _VERIFY)),
-        sign=SignConfig(**_section(data.get("sign", {}), "[sign]", _SIGN)),
-        credentials=credentials,
-        store=StoreConfig(**_section(data.get("store", {}), "[store]", _STORE)),
-        asterisk=_asterisk(data.get("asterisk", {})),
-        kamailio=_kamailio(data.get("kamailio", {})),
-        oob=_oob(data.get("oob", {}), credentials),
-        dialog=_dialog(data.get("dialog", {})),
-        log_level=level,
-        source=source,
-    )
+    if level not in _LOG_LEVELS:
+        problems.append(f"log_level: must be one of {', '.join(_LOG_LEVELS)}")
+    credentials = _credentials(data.get("credential", []), problems)
+    sections = {
+        name: _section(cls, data.get(name, {}), f"[{name}]", problems)
+        for name, cls in _SECTIONS.items()
+    }
+    oob = sections["oob"]
+    wanted = oob.atis_credential if oob is not None else None
+    if wanted is not None and wanted not in {c.name for c in credentials}:
+        problems.append(f"[oob] atis_credential: no [[credential]] named {wanted!r}")
+    if problems:
+        raise ConfigError(*problems)
+    return Config(credentials=credentials, log_level=level, source=source, **sections)
 
 
 def config_path(explicit: str | None) -> Path | None:
@@ -444,16 +522,16 @@ def config_path(explicit: str | None) -> Path | None:
 
 
 def load_config(explicit: str | None = None) -> Config:
-    path = config_path(explicit)
-    if path is None:
+    path_ = config_path(explicit)
+    if path_ is None:
         return Config()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path_.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ConfigError(f"{path_}: cannot read ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_config(data, path)
+        raise ConfigError(f"{path_}: not valid TOML ({exc})") from None
+    return parse_config(data, path_)
 
 
 def with_overrides(config: Config, **listeners: str | None) -> Config:
@@ -463,9 +541,9 @@ def with_overrides(config: Config, **listeners: str | None) -> Config:
         if listeners.get("http"):
             server = replace(server, http=parse_hostport(str(listeners["http"])))
         if listeners.get("jsonrpc") is not None:
-            server = replace(server, jsonrpc=_optional_hostport(listeners["jsonrpc"]))
+            server = replace(server, jsonrpc=optional_hostport(listeners["jsonrpc"]))
         if listeners.get("agi") is not None:
-            server = replace(server, agi=_optional_hostport(listeners["agi"]))
+            server = replace(server, agi=optional_hostport(listeners["agi"]))
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
     if listeners.get("state_dir"):

@@ -9,8 +9,6 @@ manager when ``[asterisk] ami_enabled``. Outcomes are counted in
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from stird.adapters.dialog_api import DialogApi
 from stird.adapters.dialog_enders import AsteriskEnder, DeferredEnder, KamailioEnder, RoutingEnder
 from stird.adapters.kamailio_rpc import KamailioRpc
 from stird.adapters.metrics import Metrics
+from stird.adapters.supervisor import Supervisor
 from stird.config import DialogConfig
 from stird.services.dialogs import DialogPolicy, MsecPolicy, Outcome
 
@@ -28,6 +27,7 @@ log = logging.getLogger("stird")
 #: How long after the decision the PBX is told to end the dialog: the answer that
 #: caused it (438 to the backwards UPDATE) leaves first.
 END_DELAY = 0.2
+TASK = "dialogs"  # the timer task's name under the supervisor
 
 
 @dataclass
@@ -35,10 +35,13 @@ class DialogParts:
     api: DialogApi
     ender: RoutingEnder = field(default_factory=RoutingEnder)
     deferred: DeferredEnder | None = None
-    task: asyncio.Task[None] | None = None
+    supervisor: Supervisor | None = None
 
-    def start(self, kamailio: KamailioRpc | None, ami: AmiClient | None) -> None:
-        """Attach the PBX links and start the timer task (policy on only)."""
+    def start(
+        self, kamailio: KamailioRpc | None, ami: AmiClient | None, supervisor: Supervisor
+    ) -> None:
+        """Attach the PBX links and start the timer task (policy on only), restarted by
+        ``supervisor`` when it fails."""
         self.ender.kamailio = KamailioEnder(kamailio) if kamailio is not None else None
         self.ender.asterisk = AsteriskEnder(ami) if ami is not None else None
         policy = self.api.policy
@@ -49,7 +52,8 @@ class DialogParts:
                 "[dialog] policy = mandatory, but no PBX link can end a dialog: configure "
                 "[kamailio] rpc_url/rpc_socket or [asterisk] ami_enabled"
             )
-        self.task = asyncio.get_running_loop().create_task(policy.run(), name="stird-dialogs")
+        self.supervisor = supervisor
+        supervisor.supervise(TASK, policy.run)
         log.info("msec dialog policy %s, window %.1f s", policy.policy.value, policy.window)
 
     def reconfigure(self, policy: str, window: float) -> None:
@@ -63,11 +67,9 @@ class DialogParts:
             current.policy, current.window = MsecPolicy(policy), float(window)
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
+        if self.supervisor is not None:
+            await self.supervisor.cancel(TASK)
+            self.supervisor = None
         if self.deferred is not None:
             await self.deferred.close()
 

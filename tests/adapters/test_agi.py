@@ -315,13 +315,16 @@ async def test_unsolicited_hangup_is_a_notice_not_the_reply(api: StirApi, serve:
     assert channel.variables["STIRD_ACTION"] == "continue"
 
 
-async def test_stird_failure_applies_the_fail_action(api: StirApi, serve: Any) -> None:
+async def test_a_missing_field_is_400_and_applies_the_fail_action(api: StirApi, serve: Any) -> None:
+    """A bad field is the caller's fault, mapped like HTTP 400 and JSON-RPC -32602 (one
+    table, stird.adapters.errors), never stird's 500."""
     channel = inbound([])
     channel.headers = [(k, v) for k, v in channel.headers if k != "From"]  # not PJSIP-like
     await run_agi(await serve(fail_action=FailAction.CONTINUE), channel)
     v = channel.variables
-    assert (v["STIRD_ACTION"], v["STIRD_CODE"], v["STIRD_VERDICT"], v["STIRD_VERSTAT"]) == (
-        "continue", "500", "error", "No-TN-Validation")  # fmt: skip
+    assert (v["STIRD_ACTION"], v["STIRD_CODE"], v["STIRD_REASON"], v["STIRD_VERDICT"],
+            v["STIRD_VERSTAT"]) == ("continue", "400", "Bad Request", "error",
+                                    "No-TN-Validation")  # fmt: skip
 
 
 # --- the wire ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_asterisk_section() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"agi_timeout": 0}, r"\[asterisk\] agi_timeout: must be a positive number"),
+        ({"agi_timeout": 0}, r"\[asterisk\] agi_timeout: must be > 0"),
         ({"fail_action": "drop"}, r"\[asterisk\] fail_action: must be one of reject, continue"),
         ({"ami_port": 70000}, r"\[asterisk\] ami_port: must be a port number"),
         ({"dtls_certs": {"trunk": 3}}, r"\[asterisk\] dtls_certs: must be a table"),

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from stird.adapters.netstring import NetstringDecoder, encode
+from stird.adapters.sdnotify import SystemdNotifier
 from stird.app import Daemon
 from stird.config import Config, HostPort, VerifyConfig
 from stird.core.sipdate import format_sip_date
@@ -165,6 +166,37 @@ async def test_oversized_body_is_413(http: tuple[aiohttp.ClientSession, str]) ->
     assert status == 413
 
 
+@pytest.mark.parametrize(
+    ("path", "method", "params", "field"),
+    [
+        ("/v1/sign", "stir.sign", {"orig": FROM}, "dest"),
+        ("/v1/sign", "stir.sign", {"orig": "not a number", "dest": [TO]}, "orig"),
+        ("/v1/sign", "stir.sign", {"orig": FROM, "dest": [TO], "callid": ""}, "callid"),
+        ("/v1/sign", "stir.sign", {"orig": FROM, "dest": [TO], "dlg_h_entry": 1}, "dlg_h_id"),
+        ("/v1/verify", "stir.verify", {"to": TO}, "from"),
+        ("/v1/verify", "stir.verify", {"from": FROM, "to": TO, "timeout_ms": 1}, "timeout_ms"),
+        ("/v1/dialog", "stir.dialog", {"event": "answered"}, "call_id"),
+        ("/v1/dialog", "stir.dialog", {"event": "maybe", "callid": "c"}, "event"),
+        ("/v1/dialog", "stir.dialog", [], "body"),
+    ],
+)
+async def test_a_bad_field_is_400_on_every_transport(
+    http: tuple[aiohttp.ClientSession, str], path: str, method: str, params: Any, field: str
+) -> None:
+    """One error family, one table: HTTP 400 and JSON-RPC -32602, both naming the field
+    (FastAGI: STIRD_CODE=400, tests/adapters/test_agi.py)."""
+    status, body = await post(http, path, params)
+    assert (status, body["code"], body["reason"], body["field"]) == (
+        400, 400, "Bad Request", field)  # fmt: skip
+    assert body["error"].startswith(f"{field}: ")
+    call = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    status, answer = await post(http, "/jsonrpc", call)
+    error = answer["error"]
+    assert (status, error["code"], error["data"]["code"], error["data"]["field"]) == (
+        200, -32602, 400, field)  # fmt: skip
+    assert error["message"] == f"400 Bad Request: {body['error']}"
+
+
 async def test_jsonrpc_over_http(http: tuple[aiohttp.ClientSession, str]) -> None:
     sign = await signed(http)
     batch = [
@@ -269,8 +301,42 @@ async def test_failed_reload_keeps_running_config(daemon: Daemon, tmp_path: Path
     broken = replace(
         config(tmp_path), verify=VerifyConfig(trust_anchors=(tmp_path / "missing.pem",))
     )
-    await daemon.reload(broken)
+    assert await daemon.reload(broken) is False
     assert daemon.api.runtime is before
+
+
+async def test_any_reload_failure_keeps_serving_and_answers_ready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever breaks during a reload (here a bug in loading, not a ConfigError), the
+    running configuration stays, the failure is logged with its traceback and counted,
+    and systemd hears READY=1 again (never left in "reloading")."""
+    sent: list[dict[str, object]] = []
+
+    class Notifier(SystemdNotifier):
+        def send(self, **fields: object) -> bool:
+            sent.append(fields)
+            return True
+
+    daemon = Daemon(config(tmp_path), notifier=Notifier({}))
+    await daemon.start()
+    try:
+        before = daemon.api.runtime
+
+        def load() -> Config:
+            raise RuntimeError("a bug while loading")
+
+        assert await daemon.reload(load) is False
+        assert daemon.api.runtime is before
+        assert [next(iter(m)) for m in sent[-2:]] == ["RELOADING", "READY"]
+        assert str(sent[-1]["STATUS"]).startswith("reload failed, running the previous")
+        assert "a bug while loading" in str(sent[-1]["STATUS"])
+        assert any(r.exc_info for r in caplog.records if "reload failed" in r.getMessage())
+        assert "stird_reload_failures_total 1.0" in daemon.metrics.render().decode()
+        assert await daemon.reload(config(tmp_path, require_identity=True)) is True
+        assert daemon.api.runtime is not before and sent[-1]["READY"] == 1
+    finally:
+        await daemon.stop()
 
 
 async def test_kamailio_health_in_healthz(tmp_path: Path) -> None:
@@ -313,7 +379,7 @@ async def test_behind_it_refuses_sign_and_verify_with_503_at_once(
     code in ``data``) at once, so the PBX applies its fail policy instead of waiting out
     its timeout; status, health and metrics still answer."""
     sign = await signed(http)
-    daemon._lag_watch.cancel()  # the lag is set by hand below, not measured
+    await daemon.supervisor.cancel("loop-lag")  # the lag is set by hand below, not measured
     daemon.shedder.observe(1.0)
     status, body = await post(http, "/v1/verify", verify_body(sign))
     assert (status, body["code"], body["reason"]) == (503, 503, "Service Unavailable")

@@ -39,8 +39,8 @@ def test_dialog_section_defaults_off_and_is_checked() -> None:
     assert (got.policy, got.window) == ("mandatory", 2.5)
     for bad, message in (
         ({"policy": "always"}, r"\[dialog\] policy: must be one of"),
-        ({"window": 0}, r"\[dialog\] window: must be a positive number"),
-        ({"window": 301}, r"\[dialog\] window: at most 300"),
+        ({"window": 0}, r"\[dialog\] window: must be > 0"),
+        ({"window": 301}, r"\[dialog\] window: must be <= 300"),
         ({"timer": 1}, r"\[dialog\] timer: unknown key"),
     ):
         with pytest.raises(ConfigError, match=message):
@@ -84,8 +84,8 @@ async def started(tmp_path: Path) -> AsyncIterator[Callable[[Config], Any]]:
     daemons: list[Daemon] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(cfg: Config) -> tuple[Daemon, Post]:
-        daemon = Daemon(cfg)
+    async def start(cfg: Config, **options: Any) -> tuple[Daemon, Post]:
+        daemon = Daemon(cfg, **options)
         await daemon.start()
         daemons.append(daemon)
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -146,7 +146,7 @@ async def test_off_by_default_nothing_is_tracked(
     assert (answer["policy"], answer["decision"], answer["phase"]) == ("off", "continue", None)
     verdict = await backwards_update(post, "c-off")
     assert verdict["verdict"] == "valid" and verdict["dialog"]["policy"] == "off"
-    assert daemon.dialogs.task is None
+    assert "dialogs" not in daemon.supervisor.tasks
 
 
 async def test_mandatory_confirmed_invalid_and_timed_out(
@@ -191,6 +191,70 @@ async def test_mandatory_confirmed_invalid_and_timed_out(
     assert len(daemon.dialogs.api.policy or []) == 1  # only the confirmed one, until it ends
     await post("/v1/dialog", {"event": "ended", "callid": "c-ok"})
     assert len(daemon.dialogs.api.policy or []) == 0
+
+
+async def test_a_crashing_dialog_task_is_restarted_and_still_enforces(
+    started: Callable[..., Any],
+    tmp_path: Path,
+    kamailio: tuple[str, list[dict[str, Any]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, seen = kamailio
+    cfg = config(tmp_path, url, policy="mandatory", window=0.2)
+    daemon, post = await started(cfg, restart_backoff=0.01)
+    policy = daemon.dialogs.api.policy
+    real_tick, crashes = policy.tick, 0
+
+    async def flaky() -> int:
+        nonlocal crashes
+        if crashes < 3:
+            crashes += 1
+            raise RuntimeError("a bug in the timer")
+        return int(await real_tick())
+
+    policy.tick = flaky
+    await sign_invite(post, "c-crash")
+    await post("/v1/dialog", {"event": "answered", "callid": "c-crash"})
+    for _ in range(200):
+        if any(r["method"] == "dlg.end_dlg" for r in seen):
+            break
+        await asyncio.sleep(0.05)
+    [end] = [r["params"] for r in seen if r["method"] == "dlg.end_dlg"]
+    assert end == [7, 42, 'Reason: STIR;cause=438;text="msec: timed-out"\r\n']
+    assert 'stird_task_restarts_total{task="dialogs"} 3.0' in await metrics(daemon)
+    failures = [r for r in caplog.records if r.name == "stird.supervisor"]
+    assert len(failures) == 3 and all(r.exc_info for r in failures)  # with the traceback
+    assert "a bug in the timer" in caplog.text
+
+
+async def test_healthz_degraded_while_a_task_keeps_failing(
+    started: Callable[..., Any], tmp_path: Path
+) -> None:
+    cfg = config(tmp_path, None, policy="opportunistic")
+    daemon, _post = await started(cfg, restart_backoff=0.01)
+    policy = daemon.dialogs.api.policy
+
+    async def broken() -> int:
+        raise RuntimeError("always")
+
+    host, port = daemon.http_address
+    async with aiohttp.ClientSession() as session:
+
+        async def health() -> Any:
+            async with session.get(f"http://{host}:{port}/healthz") as response:
+                assert response.status == 200
+                return await response.json()
+
+        assert (await health())["status"] == "ok"
+        policy.tick = broken
+        for _ in range(200):
+            body = await health()
+            if body["status"] == "degraded":
+                break
+            await asyncio.sleep(0.02)
+    assert body["status"] == "degraded" and body["degraded"] == ["dialogs"]
+    assert body["tasks"]["dialogs"]["last_error"] == "RuntimeError: always"
+    assert body["tasks"]["loop-lag"]["restarts"] == 0
 
 
 async def test_opportunistic_records_only_and_reload_changes_the_window(

@@ -250,8 +250,8 @@ def test_oob_section_errors_name_the_key() -> None:
             {"atis_credential": "x", "atis_spc": "1"},
             r"\[oob\] atis_credential: no \[\[credential\]\]",
         ),
-        ({"publish_for": ["1-202"]}, r"\[oob\] publish_for: telephone-number prefixes"),
-        ({"timeout": 0}, r"\[oob\] timeout: must be a positive number"),
+        ({"publish_for": ["1-202"]}, r"\[oob\] publish_for: item 1 .*telephone-number prefixes"),
+        ({"timeout": 0}, r"\[oob\] timeout: must be > 0"),
         ({"cps_url": "x"}, r"\[oob\] cps_url: unknown key"),
     ]:
         with pytest.raises(ConfigError, match=message):

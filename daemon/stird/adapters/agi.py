@@ -48,6 +48,7 @@ from stird.adapters.agi_protocol import (
 )
 from stird.adapters.api import StirApi
 from stird.adapters.dtls import DtlsCertificates, DtlsError
+from stird.adapters.errors import mapped
 from stird.adapters.overload import Overloaded
 from stird.adapters.requests import MAX_LIST, FieldError
 from stird.adapters.sockets import LISTEN_BACKLOG
@@ -127,8 +128,11 @@ def _first(*values: str) -> str:
 
 
 def _describe(exc: Exception) -> tuple[int, str, str]:
+    """STIRD_CODE, STIRD_REASON and the logged detail: a StirError (a bad field: 400)
+    through the one table of stird.adapters.errors; stird's own failure (timeout, bug) 500."""
     if isinstance(exc, StirError):
-        return exc.code, exc.reason, exc.detail
+        answer = mapped(exc)
+        return answer.sip, answer.reason, answer.detail
     return 500, "Server Internal Error", str(exc)
 
 
@@ -213,7 +217,7 @@ class AgiServer:
                 self.api.admit("agi")  # before the channel reads: a refusal costs little
                 variables, action = await work(request)
                 outcome = "ok"
-            except (StirError, FieldError, DtlsError, WorkFailed) as exc:
+            except (StirError, DtlsError, WorkFailed) as exc:
                 variables, action = self._failure(route, request, exc)
                 outcome = "failed"
             for name, value in variables:
@@ -254,7 +258,7 @@ class AgiServer:
             return await asyncio.wait_for(operation, self.call_timeout)
         except TimeoutError:
             raise WorkFailed(f"no answer within {self.call_timeout} s") from None
-        except (StirError, FieldError):
+        except StirError:  # a bad field too
             raise
         except Exception as exc:
             log.exception("FastAGI: internal error")

@@ -14,6 +14,7 @@ from stird.adapters.jsonrpc import Method
 from stird.adapters.metrics import Metrics
 from stird.adapters.overload import LoadShedder
 from stird.adapters.requests import budget, sign_input, sip_facts, wants_oob
+from stird.adapters.supervisor import Supervisor
 from stird.core.errors import StirError
 from stird.core.tn import IdKind
 from stird.core.verstat import with_verstat
@@ -68,6 +69,7 @@ class StirApi:
         self.dialogs = DialogApi()  # the msec dialog policy ([dialog]); off by default
         self.shedder: LoadShedder | None = None  # refuses sign/verify while stird is behind
         self.started = time.monotonic()  # /healthz uptime: from daemon start, across reloads
+        self.supervisor: Supervisor | None = None  # the background tasks, for /healthz
 
     def admit(self, interface: str = "api") -> None:
         """Raise :class:`~stird.adapters.overload.Overloaded` while stird is behind."""
@@ -163,11 +165,19 @@ class StirApi:
             return None
 
     async def status(self, params: Any = None) -> dict[str, Any]:
+        """/healthz: "degraded" (and which tasks) while a background task keeps failing."""
         runtime = self.runtime
-        return {
-            "status": "ok",
+        supervisor = self.supervisor
+        degraded = supervisor.degraded() if supervisor is not None else []
+        body: dict[str, Any] = {
+            "status": "degraded" if degraded else "ok",
             "uptime": round(time.monotonic() - self.started, 1),
             "credentials": [c.name for c in runtime.auth.credentials],
             "notes": list(runtime.notes),
             **self.health,
         }
+        if supervisor is not None:
+            body["tasks"] = supervisor.health()
+        if degraded:
+            body["degraded"] = degraded
+        return body

@@ -18,10 +18,9 @@ With no policy (``[dialog] policy = "off"``) nothing is tracked and every decisi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from stird.adapters.requests import FieldError
+from stird.adapters.requests import FieldError, Fields
 from stird.core.passport import Ppt
 from stird.services.authentication import SignOutput
 from stird.services.dialogs import Decision, DialogHandle, DialogPolicy, Phase
@@ -29,50 +28,19 @@ from stird.services.verdicts import CallVerdict
 
 EVENTS = ("answered", "ended", "refused")
 DIRECTIONS = ("forwards", "backwards")
-MAX_CALL_ID = 1024
 MAX_CHANNEL = 256
-
-
-def _body(raw: Any) -> Mapping[str, Any]:
-    if not isinstance(raw, dict):
-        raise FieldError("body", "must be a JSON object")
-    return raw
-
-
-def _call_id(body: Mapping[str, Any], required: bool) -> str | None:
-    for name in ("call_id", "callid"):  # Kamailio sends "callid"
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_CALL_ID:
-            raise FieldError(name, f"must be a string of 1 to {MAX_CALL_ID} characters")
-        return value
-    if required:
-        raise FieldError("call_id", "missing (call_id or callid)")
-    return None
-
-
-def _dialog_id(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
-        raise FieldError(name, "must be a non-negative integer (Kamailio $dlg(h_entry)/h_id)")
-    return value
+_DIALOG_ID = "must be a non-negative integer (Kamailio $dlg(h_entry)/h_id)"
 
 
 def handle_of(raw: Any) -> DialogHandle | None:
     """The PBX's name for the dialog in sign params, or None when none is given."""
-    body = _body(raw)
-    h_entry, h_id = _dialog_id(body, "dlg_h_entry"), _dialog_id(body, "dlg_h_id")
+    body = Fields(raw)
+    h_entry = body.integer("dlg_h_entry", 0, (1 << 32) - 1, _DIALOG_ID)
+    h_id = body.integer("dlg_h_id", 0, (1 << 32) - 1, _DIALOG_ID)
     if (h_entry is None) != (h_id is None):
         raise FieldError("dlg_h_id" if h_id is None else "dlg_h_entry", "give both dialog ids")
-    channel = body.get("asterisk_channel")
-    if channel is not None and (
-        not isinstance(channel, str)
-        or not 0 < len(channel) <= MAX_CHANNEL
-        or any(ch in channel for ch in "\r\n\0")
-    ):
+    channel = body.text("asterisk_channel", limit=MAX_CHANNEL)
+    if channel is not None and (not channel or any(ch in channel for ch in "\r\n\0")):
         raise FieldError("asterisk_channel", "must be an Asterisk channel name")
     kamailio = (h_entry, h_id) if h_entry is not None and h_id is not None else None
     if kamailio is None and channel is None:
@@ -82,17 +50,11 @@ def handle_of(raw: Any) -> DialogHandle | None:
 
 def is_backwards(raw: Any) -> bool:
     """``direction``: "forwards" (default) or "backwards" (the callee's in-dialog request)."""
-    value = _body(raw).get("direction", "forwards")
-    if value not in DIRECTIONS:
-        raise FieldError("direction", "must be forwards or backwards")
-    return bool(value == "backwards")
+    return Fields(raw).choice("direction", DIRECTIONS, "forwards") == "backwards"
 
 
-def _dialog_forming(body: Mapping[str, Any]) -> bool:
-    value = body.get("dialog_forming", True)
-    if not isinstance(value, bool):
-        raise FieldError("dialog_forming", "must be true or false")
-    return value and body.get("direction", "forwards") != "backwards"
+def _dialog_forming(body: Fields) -> bool:
+    return body.flag("dialog_forming", True) and body.get("direction") != "backwards"
 
 
 def msec_proof(verdict: CallVerdict) -> bool | None:
@@ -125,9 +87,9 @@ class DialogApi:
 
     def signed(self, params: Any, out: SignOutput) -> dict[str, Any] | None:
         """After ``stir.sign``: track an msec-signed dialog-forming request."""
-        body = _body(params)
+        body = Fields(params)
         handle = handle_of(body)
-        call_id = _call_id(body, required=False)
+        call_id = body.call_id()
         forming = _dialog_forming(body)
         if self.policy is None or handle is None or call_id is None or not forming:
             return None
@@ -138,7 +100,7 @@ class DialogApi:
 
     async def backwards(self, params: Any, verdict: CallVerdict) -> dict[str, Any]:
         """After ``stir.verify`` of a backwards request: feed the policy, answer its say."""
-        call_id = _call_id(_body(params), required=self.policy is not None)
+        call_id = Fields(params).call_id(required=self.policy is not None)
         proof = msec_proof(verdict)
         answer: dict[str, Any]
         if self.policy is None or call_id is None or proof is None:
@@ -150,18 +112,15 @@ class DialogApi:
 
     async def event(self, params: Any) -> dict[str, Any]:
         """``stir.dialog``: answered / ended / refused."""
-        body = _body(params)
-        event = body.get("event")
-        if event not in EVENTS:
-            raise FieldError("event", f"must be one of {', '.join(EVENTS)}")
-        call_id = _call_id(body, required=True)
-        assert call_id is not None
-        code = body.get("code")
-        if event == "refused" and (
-            isinstance(code, bool) or not isinstance(code, int) or not 300 <= code <= 699
-        ):
-            raise FieldError("code", "must be the SIP status code (300-699) of the refusal")
-        refused_with = code if isinstance(code, int) else 0
+        body = Fields(params)
+        event = body.choice("event", EVENTS)
+        call_id = body.call_id(required=True) or ""
+        refused_with = 0
+        if event == "refused":
+            problem = "must be the SIP status code (300-699) of the refusal"
+            refused_with = body.integer("code", 300, 699, problem) or 0
+            if not refused_with:
+                raise FieldError("code", problem)
         decision = Decision.CONTINUE
         if self.policy is not None:
             if event == "answered":

@@ -10,12 +10,11 @@ from aiohttp import web
 
 from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
-from stird.adapters.jsonrpc import PARSE_ERROR, Dispatcher, error
+from stird.adapters.errors import PARSE_ERROR, mapped
+from stird.adapters.jsonrpc import Dispatcher, error
 from stird.adapters.requests import FieldError
-from stird.core.errors import SipStatus, StirError
+from stird.core.errors import StirError
 
-_HTTP_STATUS = {SipStatus.BAD_REQUEST: 400, SipStatus.FORBIDDEN: 403, SipStatus.STALE_DATE: 403,
-                SipStatus.SERVICE_UNAVAILABLE: 503}  # fmt: skip
 _CERT_NAME = re.compile(r"[\w.-]{1,64}")
 
 
@@ -44,15 +43,14 @@ def _wrap(operation: Any) -> Any:
     async def handler(request: web.Request) -> web.Response:
         try:
             return _json(await operation(await _body(request)))
-        except FieldError as exc:
-            return _json_error(400, str(exc), field=exc.field)
         except TooLarge:
             return _json_error(413, "body too large", field="body")
-        except StirError as exc:
-            status = _HTTP_STATUS.get(exc.status, 422)
-            answer = _json_error(status, exc.detail, code=exc.code, reason=exc.reason)
-            if status == 503:
-                answer.headers["Retry-After"] = "1"  # RFC 9110 §10.2.3
+        except StirError as exc:  # a bad field too: 400 (stird.adapters.errors)
+            m = mapped(exc)
+            extra = {"field": m.field} if m.field is not None else {}
+            answer = _json_error(m.http, exc.detail, code=m.sip, reason=m.reason, **extra)
+            if m.retry_after is not None:
+                answer.headers["Retry-After"] = m.retry_after
             return answer
 
     return handler

@@ -11,7 +11,15 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from stird.adapters.requests import FieldError
+from stird.adapters.errors import (
+    INTERNAL,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    STIR_ERROR,
+    mapped,
+)
 from stird.core.errors import StirError
 
 log = logging.getLogger(__name__)
@@ -19,10 +27,7 @@ log = logging.getLogger(__name__)
 Method = Callable[[Any], Awaitable[Any]]
 MAX_BATCH = 64
 
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = (
-    -32700, -32600, -32601, -32602, -32603,
-)  # fmt: skip
-STIR_ERROR = -32000  # server error: the request was understood and refused (data: SIP code)
+__all__ = ["INVALID_PARAMS", "PARSE_ERROR", "STIR_ERROR", "Dispatcher", "Method", "error"]
 
 
 def error(code: int, message: str, id_: Any = None, data: Any = None) -> dict[str, Any]:
@@ -65,11 +70,10 @@ class Dispatcher:
             return error(METHOD_NOT_FOUND, f"method not found: {name}", id_)
         try:
             return {"jsonrpc": "2.0", "result": await method(params), "id": id_}
-        except FieldError as exc:
-            return error(INVALID_PARAMS, str(exc), id_, {"field": exc.field})
-        except StirError as exc:
-            data = {"code": exc.code, "reason": exc.reason, "detail": exc.detail}
-            return error(STIR_ERROR, f"{exc.code} {exc.reason}: {exc.detail}", id_, data)
+        except StirError as exc:  # a bad field too: -32602 (stird.adapters.errors)
+            answer = mapped(exc)
+            message = f"{exc.code} {exc.reason}: {exc.detail}"
+            return error(answer.jsonrpc, message, id_, answer.data())
         except Exception:  # a bug must not take the connection down
             log.exception("JSON-RPC method %s failed", name)
             return error(INTERNAL, "internal error", id_)

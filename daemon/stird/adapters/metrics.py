@@ -97,6 +97,15 @@ class Metrics:
             "stird_msec_dialogs", "msec dialog policy outcomes (RFC 8862 §4.4)",
             ["outcome", "policy"], registry=self.registry,
         )  # fmt: skip
+        self.task_restarts = Counter(
+            "stird_task_restarts", "Background tasks restarted after an exception",
+            ["task"], registry=self.registry,
+        )  # fmt: skip
+        self.reload_failures = Counter(
+            "stird_reload_failures",
+            "SIGHUP reloads refused (the running configuration stayed)",
+            registry=self.registry,
+        )
 
     def watch_cache(self, stats: Callable[[], CacheStats | None]) -> None:
         self.registry.register(_CacheCollector(stats))

@@ -1,7 +1,9 @@
 """JSON request bodies of the API (HTTP and JSON-RPC) → service inputs.
 
-Every problem raises :class:`FieldError` naming the field, so callers can answer
-400 / JSON-RPC -32602 with a message a PBX administrator can act on.
+One field parser (:class:`Fields`) for the API and the dialog requests; every problem
+raises :class:`FieldError` (a 400 :class:`StirError`) naming the field, so every
+transport answers 400 / JSON-RPC -32602 / STIRD_CODE=400 with a message a PBX
+administrator can act on.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from stird.core.errors import StirError
+from stird.core.errors import Check, SipStatus, StirError
 from stird.core.passport import Ppt
 from stird.core.tn import PartyId, parse_cli_id, party_from_header
 from stird.core.verdict import SipFacts
@@ -17,53 +19,92 @@ from stird.services.authentication import SignInput
 
 MAX_LIST = 16
 MAX_TEXT = 65536
+MAX_CALL_ID = 1024
 
 
-class FieldError(ValueError):
+class FieldError(StirError):
+    """A missing or bad request field: a 400 Bad Request of the one error family, so every
+    transport maps it through :mod:`stird.adapters.errors` (HTTP 400, JSON-RPC -32602,
+    FastAGI ``STIRD_CODE=400``). ``detail`` names the field."""
+
     def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"{name}: {problem}")
+        super().__init__(SipStatus.BAD_REQUEST, f"{name}: {problem}", check=Check.SYNTAX)
         self.field = name
         self.problem = problem
 
 
-def _object(body: Any) -> Mapping[str, Any]:
-    if not isinstance(body, dict):
-        raise FieldError("body", "must be a JSON object")
-    return body
+class Fields:
+    """One JSON request body (API and dialog requests alike): typed getters, each
+    problem a :class:`FieldError` naming the field."""
 
+    def __init__(self, raw: Any) -> None:
+        if isinstance(raw, Fields):
+            raw = raw.body
+        if not isinstance(raw, dict):
+            raise FieldError("body", "must be a JSON object")
+        self.body: Mapping[str, Any] = raw
 
-def _text(body: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
-    value = body.get(name)
-    if value is None:
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.body.get(name, default)
+
+    def text(self, name: str, *, required: bool = False, limit: int = MAX_TEXT) -> str | None:
+        value = self.body.get(name)
+        if value is None:
+            if required:
+                raise FieldError(name, "missing")
+            return None
+        if not isinstance(value, str) or len(value) > limit:
+            raise FieldError(name, f"must be a string of at most {limit} characters")
+        return value
+
+    def texts(self, name: str, *, required: bool = False) -> tuple[str, ...]:
+        value = self.body.get(name)
+        if value is None and not required:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or len(value) > MAX_LIST:
+            raise FieldError(name, f"must be an array of at most {MAX_LIST} strings")
+        if required and not value:
+            raise FieldError(name, "must not be empty")
+        for item in value:
+            if not isinstance(item, str) or len(item) > MAX_TEXT:
+                raise FieldError(name, "must hold strings")
+        return tuple(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.body.get(name, default)
+        if not isinstance(value, bool):
+            raise FieldError(name, "must be true or false")
+        return value
+
+    def integer(self, name: str, low: int, high: int, problem: str | None = None) -> int | None:
+        """An integer from ``low`` to ``high`` (never a bool), or None when absent."""
+        value = self.body.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise FieldError(name, problem or f"must be an integer from {low} to {high}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.body.get(name, default)
+        if value not in choices:
+            raise FieldError(name, f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    def call_id(self, *, required: bool = False) -> str | None:
+        """``call_id``, or ``callid`` as Kamailio sends it."""
+        for name in ("call_id", "callid"):
+            value = self.body.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not 0 < len(value) <= MAX_CALL_ID:
+                raise FieldError(name, f"must be a string of 1 to {MAX_CALL_ID} characters")
+            return value
         if required:
-            raise FieldError(name, "missing")
+            raise FieldError("call_id", "missing (call_id or callid)")
         return None
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise FieldError(name, f"must be a string of at most {MAX_TEXT} characters")
-    return value
-
-
-def _texts(body: Mapping[str, Any], name: str, *, required: bool = False) -> tuple[str, ...]:
-    value = body.get(name)
-    if value is None and not required:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or len(value) > MAX_LIST:
-        raise FieldError(name, f"must be an array of at most {MAX_LIST} strings")
-    if required and not value:
-        raise FieldError(name, "must not be empty")
-    for item in value:
-        if not isinstance(item, str) or len(item) > MAX_TEXT:
-            raise FieldError(name, "must hold strings")
-    return tuple(value)
-
-
-def _flag(body: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = body.get(name, default)
-    if not isinstance(value, bool):
-        raise FieldError(name, "must be true or false")
-    return value
 
 
 def party(text: str, name: str, region: str | None) -> PartyId:
@@ -76,14 +117,10 @@ def party(text: str, name: str, region: str | None) -> PartyId:
         raise FieldError(name, exc.detail) from None
 
 
-def _call_id(body: Mapping[str, Any]) -> str | None:
-    return _text(body, "call_id") or _text(body, "callid")  # Kamailio sends "callid"
-
-
-def _ppt(body: Mapping[str, Any]) -> tuple[Ppt | None, bool]:
-    if "ppt" not in body:
+def _ppt(body: Fields) -> tuple[Ppt | None, bool]:
+    if "ppt" not in body.body:
         return None, False
-    value = body["ppt"]
+    value = body.get("ppt")
     if value is None or value == "none":
         return None, True
     if value not in ("msec", "shaken"):
@@ -92,50 +129,46 @@ def _ppt(body: Mapping[str, Any]) -> tuple[Ppt | None, bool]:
 
 
 def sign_input(raw: Any, region: str | None) -> SignInput:
-    body = _object(raw)
-    orig = _text(body, "orig", required=True) or ""
-    dests = _texts(body, "dest", required=True)
+    body = Fields(raw)
+    orig = body.text("orig", required=True) or ""
+    dests = body.texts("dest", required=True)
     ppt, given = _ppt(body)
-    attest = _text(body, "attest")
+    attest = body.text("attest")
     if attest is not None and attest not in ("A", "B", "C"):
         raise FieldError("attest", "must be A, B or C")
     return SignInput(
         orig=party(orig, "orig", region),
         dest=tuple(party(d, "dest", region) for d in dests),
-        sdp=_text(body, "sdp"),
-        date=_text(body, "date"),
+        sdp=body.text("sdp"),
+        date=body.text("date"),
         ppt=ppt,
         ppt_given=given,
         attest=attest,
-        call_id=_call_id(body),
+        call_id=body.call_id(),
     )
 
 
 def wants_oob(raw: Any) -> bool:
-    return _flag(_object(raw), "oob", False)
+    return Fields(raw).flag("oob", False)
 
 
 def sip_facts(raw: Any) -> SipFacts:
-    body = _object(raw)
+    body = Fields(raw)
     return SipFacts(
-        identity=_texts(body, "identity"),
-        from_=_text(body, "from", required=True),
-        pai=_text(body, "pai"),
-        to=_text(body, "to", required=True),
-        ruri=_text(body, "ruri"),
-        date=_text(body, "date"),
-        sdp=_text(body, "sdp"),
-        call_id=_call_id(body),
-        dialog_forming=_flag(body, "dialog_forming", True),
+        identity=body.texts("identity"),
+        from_=body.text("from", required=True),
+        pai=body.text("pai"),
+        to=body.text("to", required=True),
+        ruri=body.text("ruri"),
+        date=body.text("date"),
+        sdp=body.text("sdp"),
+        call_id=body.call_id(),
+        dialog_forming=body.flag("dialog_forming", True),
     )
 
 
 def budget(raw: Any) -> float | None:
     """``timeout_ms``: how long the PBX waits for the answer (Kamailio's janssonrpc
     timeout); verification then gives up on credentials a little before that."""
-    value = _object(raw).get("timeout_ms")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 50 <= value <= 60000:
-        raise FieldError("timeout_ms", "must be an integer from 50 to 60000")
-    return max(0.02, value / 1000 - 0.05)
+    value = Fields(raw).integer("timeout_ms", 50, 60000)
+    return None if value is None else max(0.02, value / 1000 - 0.05)

@@ -199,10 +199,15 @@ class DialogPolicy:
     def _record(self, call_id: str, outcome: Outcome) -> None:
         log.info("msec dialog %s: %s (%s policy)", call_id, outcome.value, self.policy.value)
         if self._on_outcome is not None:
-            self._on_outcome(call_id, outcome, self.policy)
+            try:
+                self._on_outcome(call_id, outcome, self.policy)
+            except Exception:  # a counting bug must not leave the dialog up
+                log.exception("recording the outcome of dialog %s failed", call_id)
 
     async def run(self, interval: float = 0.25) -> None:
-        """The timer task: checks windows every ``interval`` seconds until cancelled."""
+        """The timer task: checks windows every ``interval`` seconds until cancelled. The
+        daemon runs it under :class:`stird.adapters.supervisor.Supervisor`: an exception
+        is logged and counted, and the task restarts with the dialogs it tracked."""
         while True:
             await self.tick()
             await asyncio.sleep(interval)
