@@ -1,0 +1,335 @@
+"""One connection policy for every listener (HTTP, CPS, netstring JSON-RPC, FastAGI).
+
+A peer that opens a connection and then trickles or withholds bytes costs stird a file
+descriptor and some buffer memory for as long as stird waits. Without a bound, ~1,100
+half-open connections exhausted the descriptors and stopped every listener, and 300
+unfinished 1 MiB netstring frames took 350 MB (docs/RELIABILITY.md, "Nothing starves
+it"). Each listener therefore hands each accepted connection to a
+:class:`ConnectionTracker`, reports what the connection is waiting for, and lets the
+tracker close it when the policy says so:
+
+* a **deadline** for each request's head (HTTP head, FastAGI ``agi_*`` block, netstring
+  length) and for its body (HTTP body, netstring payload), counted from its first byte;
+* an **idle timeout** between requests on a kept-alive connection;
+* a **cap** on the connections of each listener: at the cap, the connection that has
+  waited for its peer the longest is closed to make room; a new connection is refused
+  only when every open one has a request being answered;
+* a **global budget** for unfinished frames (netstring payloads, declared HTTP bodies):
+  past it, the connection holding the biggest unfinished frame is closed.
+
+Every close for one of those reasons is counted in ``stird_connections_closed_total
+{listener,reason}`` and logged at most once per :data:`LOG_INTERVAL` per listener and
+reason; ``stird_connections_open{listener}`` shows the open connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import resource
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+LOG_INTERVAL = 10.0  # seconds between two log lines for one listener and reason
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPolicy:
+    """Seconds and counts; every listener applies the same policy ([server] in stird.toml)."""
+
+    header_timeout: float = 10.0  # first byte of a request (or the accept) -> head complete
+    body_timeout: float = 20.0  # head complete -> body complete
+    idle_timeout: float = 75.0  # between requests on a kept-alive connection
+    max_connections: int = 512  # open connections per listener
+    partial_frame_budget: int = 64 << 20  # bytes of unfinished frames, all listeners together
+    read_chunk: int = 65536  # bytes buffered per connection before reading pauses
+
+    @property
+    def tick(self) -> float:
+        """How often deadlines are checked: a fifth of the shortest, 50 ms to 1 s."""
+        shortest = min(self.header_timeout, self.body_timeout, self.idle_timeout)
+        return min(max(shortest / 5, 0.05), 1.0)
+
+
+class Phase(enum.Enum):
+    """What the connection waits for from its peer; the value names the timeout."""
+
+    IDLE = "idle_timeout"  # the next request
+    HEAD = "header_timeout"  # the rest of a request head
+    BODY = "body_timeout"  # the rest of a request body
+
+
+class Reason(enum.StrEnum):
+    """Why the tracker closed a connection (the ``reason`` label)."""
+
+    IDLE = "idle_timeout"
+    HEAD = "header_timeout"
+    BODY = "body_timeout"
+    EVICTED = "evicted"  # the listener was at its cap and this one had waited longest
+    REFUSED = "refused"  # at the cap with every connection busy
+    BUDGET = "budget"  # the biggest unfinished frame when the budget ran out
+    SEND = "send_timeout"  # the peer did not read its answers within body_timeout
+
+
+class ConnectionStats:
+    """The connection metrics of one registry (shared by its listeners)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.open = Gauge(
+            "stird_connections_open", "Open connections per listener", ["listener"],
+            registry=registry,
+        )  # fmt: skip
+        self.closed = Counter(
+            "stird_connections_closed",
+            "Connections closed by the connection policy (timeouts, cap, frame budget)",
+            ["listener", "reason"], registry=registry,
+        )  # fmt: skip
+        self.partial = Gauge(
+            "stird_partial_frame_bytes", "Bytes held in unfinished frames", registry=registry
+        )
+        self._pending: dict[tuple[str, Reason], int] = {}
+        self._logged: dict[tuple[str, Reason], float] = {}
+
+    def count(self, listener: str, reason: Reason, now: float) -> None:
+        self.closed.labels(listener, reason.value).inc()
+        key = (listener, reason)
+        self._pending[key] = self._pending.get(key, 0) + 1
+        if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
+            self.flush(now, key)
+
+    def flush(self, now: float, only: tuple[str, Reason] | None = None) -> None:
+        """Log the closes not logged yet (at most one line per listener and reason per
+        :data:`LOG_INTERVAL`)."""
+        for key in [only] if only else list(self._pending):
+            count = self._pending.get(key, 0)
+            if count and now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
+                log.warning("%s: closed %d connection(s): %s", key[0], count, key[1].value)
+                self._pending[key] = 0
+                self._logged[key] = now
+
+
+class FrameBudget:
+    """Bytes held in unfinished frames by every connection of every listener."""
+
+    def __init__(self, limit: int, stats: ConnectionStats) -> None:
+        self.limit, self.total, self._stats = limit, 0, stats
+        self._held: dict[Connection, int] = {}
+
+    def hold(self, conn: Connection, size: int) -> None:
+        """``conn`` now holds ``size`` bytes of an unfinished frame; past the budget the
+        biggest holder (maybe ``conn``) is closed, until the total fits."""
+        self.total += size - self._held.pop(conn, 0)
+        if size > 0:
+            self._held[conn] = size
+        while self.total > self.limit and self._held:
+            biggest = max(self._held, key=self._held.__getitem__)
+            biggest.drop(Reason.BUDGET)  # releases its share
+        self._stats.partial.set(self.total)
+
+
+class Connection:
+    """One accepted connection as its listener reports it (see :class:`ConnectionTracker`)."""
+
+    __slots__ = ("_close", "body_done", "closed", "inflight", "phase", "since", "tracker")
+
+    def __init__(
+        self, tracker: ConnectionTracker, close: Callable[[], None], phase: Phase, now: float
+    ) -> None:
+        self.tracker, self._close = tracker, close
+        self.phase: Phase = phase
+        self.since = now  # when the connection entered its phase
+        self.inflight = 0  # requests being answered
+        self.closed = False
+        self.body_done: Callable[[], bool] | None = None  # polled while in Phase.BODY
+
+    def wait(
+        self, phase: Phase, body_done: Callable[[], bool] | None = None, *, fresh: bool = False
+    ) -> None:
+        """The connection now waits for ``phase``; its deadline runs from now if that is a
+        change or ``fresh`` (a new request began), else from when the phase began."""
+        self.body_done = body_done
+        if (fresh or phase is not self.phase) and not self.closed:
+            self.phase, self.since = phase, self.tracker.clock()
+            self.tracker.touch(self)
+
+    def begin(self) -> None:
+        """A request is complete and being answered: not evictable until :meth:`end`."""
+        self.inflight += 1
+
+    def end(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self.phase is Phase.IDLE and not self.closed:
+            self.since = self.tracker.clock()  # idle from now
+            self.tracker.touch(self)
+
+    def hold(self, size: int) -> None:
+        """Bytes of an unfinished frame this connection holds (0 when none)."""
+        if self.tracker.budget is not None and not self.closed:
+            self.tracker.budget.hold(self, size)
+
+    def deadline(self) -> float | None:
+        if self.phase is Phase.IDLE and self.inflight:
+            return None  # answering: the handlers have their own deadlines
+        policy = self.tracker.policy
+        timeout = {Phase.IDLE: policy.idle_timeout, Phase.HEAD: policy.header_timeout,
+                   Phase.BODY: policy.body_timeout}[self.phase]  # fmt: skip
+        return self.since + timeout
+
+    def drop(self, reason: Reason) -> None:
+        """Close the connection for ``reason`` (counted and logged)."""
+        if not self.closed:
+            self.tracker.stats.count(self.tracker.listener, reason, self.tracker.clock())
+            self.release()
+            with contextlib.suppress(Exception):  # a transport already gone
+                self._close()
+
+    def release(self) -> None:
+        """The connection is gone (idempotent): its slot and its budget share are freed."""
+        if not self.closed:
+            if self.tracker.budget is not None:
+                self.tracker.budget.hold(self, 0)
+            self.closed = True
+            self.tracker.forget(self)
+
+
+class ConnectionTracker:
+    """The open connections of one listener: admission at the cap and the deadlines.
+
+    The listener calls :meth:`admit` for each accepted connection with a function that
+    closes it at once (``transport.abort``), reports phases through the
+    :class:`Connection`, and calls :meth:`Connection.release` when the connection ends.
+    """
+
+    def __init__(
+        self,
+        listener: str,
+        policy: ConnectionPolicy,
+        stats: ConnectionStats,
+        budget: FrameBudget | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listener, self.policy, self.stats, self.budget = listener, policy, stats, budget
+        self.clock = clock
+        self._open: OrderedDict[Connection, None] = OrderedDict()  # longest waiting first
+        self._gauge = stats.open.labels(listener)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, close: Callable[[], None], phase: Phase = Phase.HEAD) -> Connection | None:
+        """Track a new connection, closing the longest-waiting one at the cap; None (and
+        the new connection closed) if every open connection is busy."""
+        self._ensure_sweeper()
+        if len(self._open) >= self.policy.max_connections and not self._evict():
+            self.stats.count(self.listener, Reason.REFUSED, self.clock())
+            with contextlib.suppress(Exception):
+                close()
+            return None
+        conn = Connection(self, close, phase, self.clock())
+        self._open[conn] = None
+        self._gauge.set(len(self._open))
+        return conn
+
+    def _evict(self) -> bool:
+        for conn in self._open:  # longest waiting first; busy ones are skipped
+            if not conn.inflight:
+                conn.drop(Reason.EVICTED)
+                return True
+        return False
+
+    def touch(self, conn: Connection) -> None:
+        if conn in self._open:
+            self._open.move_to_end(conn)
+
+    def forget(self, conn: Connection) -> None:
+        if conn in self._open:
+            del self._open[conn]
+            self._gauge.set(len(self._open))
+
+    def sweep(self) -> None:
+        """Close every connection past its deadline (run every ``policy.tick``)."""
+        now = self.clock()
+        for conn in list(self._open):
+            if conn.phase is Phase.BODY and conn.body_done is not None and conn.body_done():
+                conn.wait(Phase.IDLE)  # the body is in: the handler has it
+                continue
+            deadline = conn.deadline()
+            if deadline is not None and now >= deadline:
+                conn.drop(Reason(conn.phase.value))
+        self.stats.flush(now)
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.tick)
+            self.sweep()
+
+    def close_all(self) -> None:
+        """Stop the sweeper and close every tracked connection (the listener stops)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self._open):
+            conn.release()
+            with contextlib.suppress(Exception):
+                conn._close()
+
+
+@dataclass
+class Listeners:
+    """The shared parts of one process's listeners: policy, metrics and frame budget."""
+
+    policy: ConnectionPolicy
+    stats: ConnectionStats
+    budget: FrameBudget
+
+    @classmethod
+    def build(
+        cls, policy: ConnectionPolicy, registry: CollectorRegistry | None = None
+    ) -> Listeners:
+        stats = ConnectionStats(registry)
+        return cls(policy, stats, FrameBudget(policy.partial_frame_budget, stats))
+
+    def tracker(self, listener: str) -> ConnectionTracker:
+        return ConnectionTracker(listener, self.policy, self.stats, self.budget)
+
+
+def raise_fd_limit(listeners: int, policy: ConnectionPolicy, margin: int = 1024) -> int:
+    """Raise the soft RLIMIT_NOFILE towards what ``listeners`` capped listeners need
+    (within the hard limit); warn when it stays below. Returns the soft limit."""
+    want = listeners * policy.max_connections + margin
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < want:
+        log.warning("open-file limit %d is below the %d the connection caps need "
+                    "(%d listeners x max_connections %d + %d): raise LimitNOFILE",
+                    soft, want, listeners, policy.max_connections, margin)  # fmt: skip
+    return int(soft)
+
+
+__all__ = [
+    "ConnectionPolicy",
+    "ConnectionStats",
+    "ConnectionTracker",
+    "FrameBudget",
+    "Listeners",
+    "Phase",
+    "Reason",
+    "raise_fd_limit",
+]
