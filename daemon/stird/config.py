@@ -56,6 +56,12 @@ class ServerConfig:
     token_file: Path | None = None  # bearer token for the HTTP API (stird.exposure)
     insecure_expose: bool = False  # allow unprotected listeners off loopback
     max_loop_lag: float = 0.25  # s the event loop may run late before work is refused; 0: never
+    # every listener's connections (stird.adapters.connpolicy.ConnectionPolicy)
+    header_timeout: float = 10.0  # s for a request head (HTTP head, agi_* block, netstring length)
+    body_timeout: float = 20.0  # s from a complete head to a complete body
+    idle_timeout: float = 75.0  # s a kept-alive connection may wait for its next request
+    max_connections: int = 512  # per listener; at the cap the longest-waiting one is closed
+    partial_frame_budget: int = 64 << 20  # bytes of unfinished frames, all listeners together
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +249,11 @@ _SERVER: dict[str, Check] = {
     "token_file": lambda v: Path(_typed(str)(v)),
     "insecure_expose": _typed(bool),
     "max_loop_lag": _not_negative,
+    "header_timeout": _positive,
+    "body_timeout": _positive,
+    "idle_timeout": _positive,
+    "max_connections": lambda v: _positive(_typed(int)(v)),
+    "partial_frame_budget": lambda v: _positive(_typed(int)(v)),
 }
 _VERIFY: dict[str, Check] = {
     "require_identity": _typed(bool), "max_age": _positive, "max_skew": _typed(int),

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from stird.adapters.agi import AgiServer, FailAction, split_identity
 from stird.adapters.agi_protocol import AgiProtocolError, AgiReply, AgiRequest, parse_reply, quote
 from stird.adapters.api import StirApi
+from stird.adapters.connpolicy import ConnectionPolicy, Listeners
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.metrics import Metrics
 from stird.adapters.overload import LoadShedder
@@ -447,7 +448,8 @@ async def test_early_close_and_garbage_neither_spin_nor_leak(api: StirApi) -> No
 
 
 async def test_silent_peer_is_dropped_within_the_timeout(api: StirApi) -> None:
-    server = AgiServer(api, DtlsCertificates({}), timeout=0.3, max_connections=2)
+    listeners = Listeners.build(ConnectionPolicy(max_connections=2))
+    server = AgiServer(api, DtlsCertificates({}), timeout=0.3, listeners=listeners)
     address = await server.start("127.0.0.1", 0)
     first, second = env_chunks(inbound_env("verify"))
     try:
@@ -456,14 +458,19 @@ async def test_silent_peer_is_dropped_within_the_timeout(api: StirApi) -> None:
         mute_reader, mute_writer = await asyncio.open_connection(*address)
         mute_writer.write(first + second)  # then never answers
         await wait_until(lambda: server.active == 2, 1.0)
+        # at the cap: the silent connection (no session yet) makes room for a new one
         extra_reader, extra_writer = await asyncio.open_connection(*address)
-        assert await read_to_eof(extra_reader, 0.2) == b""  # over the cap: closed at once
-        assert await read_to_eof(silent_reader) == b""
+        assert await read_to_eof(silent_reader, 0.2) == b""
+        extra_writer.write(first + second)  # a second session: both slots are sessions now
+        assert (await extra_reader.readline()).startswith(b"SET VARIABLE STIRD_ACTION")
+        refused_reader, refused_writer = await asyncio.open_connection(*address)
+        assert await read_to_eof(refused_reader, 0.2) == b""  # every slot busy: refused
         assert (await read_to_eof(mute_reader)).startswith(b"SET VARIABLE STIRD_ACTION")
+        assert await read_to_eof(extra_reader) == b""
         assert time.monotonic() - started < 0.3 + 0.4
         await wait_until(lambda: server.active == 0, 0.5)
         assert time.process_time() - cpu < 0.3 and server.health["refused"] == 1
-        for writer in (silent_writer, mute_writer, extra_writer):
+        for writer in (silent_writer, mute_writer, extra_writer, refused_writer):
             writer.close()
         channel = await run_agi(address, FakeChannel(inbound_env("nope")))
         assert channel.commands == []  # unknown script: closed without a command

@@ -277,10 +277,14 @@ class ConnectionTracker:
             await asyncio.sleep(self.policy.tick)
             self.sweep()
 
-    def close_all(self) -> None:
-        """Stop the sweeper and close every tracked connection (the listener stops)."""
+    def stop(self) -> None:
+        """Stop checking deadlines (the listener is shutting down gracefully)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+
+    def close_all(self) -> None:
+        """Stop the sweeper and close every tracked connection (the listener stops)."""
+        self.stop()
         for conn in list(self._open):
             conn.release()
             with contextlib.suppress(Exception):
