@@ -513,3 +513,22 @@ async def test_verify_batch_longer_than_a_line_fails_closed(api: StirApi, serve:
     assert time.monotonic() - started < 2
     assert channel.variables["STIRD_ACTION"] == ""
     assert "STIRD_VERDICT" not in channel.variables
+
+
+async def test_idle_connections_do_not_block_legitimate_sessions(api: StirApi, serve: Any) -> None:
+    """Issue #17: a local process holding 200 idle connections made 40 of 50 sessions
+    fail closed. At the cap a connection without a session makes room for a new one."""
+    sign = await signed(api)
+    listeners = Listeners.build(ConnectionPolicy(max_connections=64))
+    address = await serve(listeners=listeners, timeout=5.0)
+    idle = []
+    for _ in range(200):
+        idle.append(await asyncio.open_connection(*address))
+    await asyncio.sleep(0.1)
+    channels = [with_date(inbound(sign["identity"]), sign["date"]) for _ in range(50)]
+    await asyncio.gather(*(run_agi(address, channel) for channel in channels))
+    verdicts = [c.variables.get("STIRD_VERDICT") for c in channels]
+    assert verdicts == ["valid"] * 50
+    assert listeners.stats.closed.labels("agi", "refused")._value.get() == 0
+    for _, writer in idle:
+        writer.close()
