@@ -121,12 +121,27 @@ async def test_cap_closes_the_longest_waiting_and_refuses_only_when_all_are_busy
     a.wait(Phase.HEAD)  # a request began on a: now b waited longest
     assert t.admit(closer(shut, "d")) is not None
     assert shut == ["b"]
-    for conn in list(t._open):
+    for conn in t.connections():
         conn.begin()
     assert t.admit(closer(shut, "e")) is None
     assert shut == ["b", "e"]
     assert t.stats.closed.labels("t", "evicted")._value.get() == 1
     assert t.stats.closed.labels("t", "refused")._value.get() == 1
+
+
+async def test_cap_keeps_a_connection_that_completed_requests() -> None:
+    """Kamailio's connection, quiet for a moment while newer idle connections pile up,
+    stays: those that never completed a request go first."""
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=3), clock)
+    kamailio = t.admit(closer(shut, "kamailio"), Phase.IDLE)
+    assert kamailio is not None
+    kamailio.begin()
+    kamailio.end()
+    for step, name in enumerate("abcde"):
+        clock.now = step + 1
+        assert t.admit(closer(shut, name), Phase.IDLE) is not None
+    assert shut == ["a", "b", "c"]
 
 
 async def test_budget_drops_the_biggest_unfinished_frame() -> None:

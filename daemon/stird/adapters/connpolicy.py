@@ -12,8 +12,10 @@ tracker close it when the policy says so:
   length) and for its body (HTTP body, netstring payload), counted from its first byte;
 * an **idle timeout** between requests on a kept-alive connection;
 * a **cap** on the connections of each listener: at the cap, the connection that has
-  waited for its peer the longest is closed to make room; a new connection is refused
-  only when every open one has a request being answered;
+  waited for its peer the longest is closed to make room (one that never completed a
+  request before one that did: a busy Kamailio connection that pauses while a flood of
+  new connections arrives stays); a new connection is refused only when every open one
+  has a request being answered;
 * a **global budget** for unfinished frames (netstring payloads, declared HTTP bodies):
   past it, the connection holding the biggest unfinished frame is closed.
 
@@ -162,6 +164,8 @@ class Connection:
 
     def begin(self) -> None:
         """A request is complete and being answered: not evictable until :meth:`end`."""
+        if not self.inflight:
+            self.tracker.served(self)
         self.inflight += 1
 
     def end(self) -> None:
@@ -219,47 +223,64 @@ class ConnectionTracker:
     ) -> None:
         self.listener, self.policy, self.stats, self.budget = listener, policy, stats, budget
         self.clock = clock
-        self._open: OrderedDict[Connection, None] = OrderedDict()  # longest waiting first
+        # longest waiting first: connections that never completed a request, the others
+        self._fresh: OrderedDict[Connection, None] = OrderedDict()
+        self._served: OrderedDict[Connection, None] = OrderedDict()
         self._gauge = stats.open.labels(listener)
         self._sweeper: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self._fresh) + len(self._served)
+
+    def connections(self) -> list[Connection]:
+        return [*self._fresh, *self._served]
 
     def admit(self, close: Callable[[], None], phase: Phase = Phase.HEAD) -> Connection | None:
         """Track a new connection, closing the longest-waiting one at the cap; None (and
         the new connection closed) if every open connection is busy."""
         self._ensure_sweeper()
-        if len(self._open) >= self.policy.max_connections and not self._evict():
+        if len(self) >= self.policy.max_connections and not self._evict():
             self.stats.count(self.listener, Reason.REFUSED, self.clock())
             with contextlib.suppress(Exception):
                 close()
             return None
         conn = Connection(self, close, phase, self.clock())
-        self._open[conn] = None
-        self._gauge.set(len(self._open))
+        self._fresh[conn] = None
+        self._gauge.set(len(self))
         return conn
 
     def _evict(self) -> bool:
-        for conn in self._open:  # longest waiting first; busy ones are skipped
-            if not conn.inflight:
-                conn.drop(Reason.EVICTED)
-                return True
+        """Close the connection waiting longest for its peer: first among those that never
+        completed a request (what an idle or trickling attacker holds), then among the
+        others (a kept-alive client between requests); never one being answered."""
+        for tier in (self._fresh, self._served):
+            for conn in tier:  # longest waiting first
+                if not conn.inflight:
+                    conn.drop(Reason.EVICTED)
+                    return True
         return False
 
+    def served(self, conn: Connection) -> None:
+        """``conn`` completed a request: it leaves the first tier of eviction."""
+        if conn in self._fresh:
+            del self._fresh[conn]
+            self._served[conn] = None
+
     def touch(self, conn: Connection) -> None:
-        if conn in self._open:
-            self._open.move_to_end(conn)
+        for tier in (self._fresh, self._served):
+            if conn in tier:
+                tier.move_to_end(conn)
 
     def forget(self, conn: Connection) -> None:
-        if conn in self._open:
-            del self._open[conn]
-            self._gauge.set(len(self._open))
+        for tier in (self._fresh, self._served):
+            if conn in tier:
+                del tier[conn]
+                self._gauge.set(len(self))
 
     def sweep(self) -> None:
         """Close every connection past its deadline (run every ``policy.tick``)."""
         now = self.clock()
-        for conn in list(self._open):
+        for conn in self.connections():
             if conn.phase is Phase.BODY and conn.body_done is not None and conn.body_done():
                 conn.wait(Phase.IDLE)  # the body is in: the handler has it
                 continue
@@ -285,7 +306,7 @@ class ConnectionTracker:
     def close_all(self) -> None:
         """Stop the sweeper and close every tracked connection (the listener stops)."""
         self.stop()
-        for conn in list(self._open):
+        for conn in self.connections():
             conn.release()
             with contextlib.suppress(Exception):
                 conn._close()
