@@ -188,8 +188,8 @@ class _PolicedHandler(RequestHandler):
         try:
             return await super()._handle_request(request, start_time, request_handler)
         finally:
+            conn.hold(0)  # the body is the handler's (or abandoned) now
             if conn.phase is Phase.BODY:
-                conn.hold(0)
                 conn.wait(Phase.IDLE)
             conn.end()
 
