@@ -7,7 +7,6 @@ import asyncio
 import gc
 import logging
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,26 +17,27 @@ from aiohttp import web
 from stird.adapters import keyfiles
 from stird.adapters.api import Runtime, StirApi
 from stird.adapters.certfetch import HttpCertificateFetcher
+from stird.adapters.connpolicy import Listeners, raise_fd_limit
 from stird.adapters.cps_client import HttpCpsClient
-from stird.adapters.http_api import build_app
+from stird.adapters.http_api import PolicedSite, build_app
 from stird.adapters.jsonrpc import Dispatcher
 from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget, probe
 from stird.adapters.metrics import Metrics
 from stird.adapters.netstring import NetstringServer
 from stird.adapters.overload import LoadShedder
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
-from stird.adapters.sockets import LISTEN_BACKLOG
+from stird.adapters.sockets import LISTEN_BACKLOG, listen
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.adapters.supervisor import Supervisor
 from stird.asterisk import start_asterisk
 from stird.builders import fetcher_for, trust_anchors
-from stird.config import Config, ConfigError, HostPort
+from stird.config import Config, ConfigError
 from stird.core import certs
 from stird.core.passport import Ppt
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, Trust, VerifyPolicy
-from stird.cps_app import CpsParts
+from stird.cps_app import CpsParts, connection_policy
 from stird.dialog_app import build_dialogs
 from stird.exposure import load_token, warn_if_insecure
 from stird.oob_app import build_oob, mount_cps, own_url
@@ -56,16 +56,6 @@ from stird.services.verification import ReplayStats, VerificationService
 
 log = logging.getLogger("stird")
 DEV_NAME = "dev"
-
-
-def _listen(where: HostPort) -> socket.socket:
-    family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((where.host, where.port))
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 def _public_url(config: Config, http: tuple[str, int]) -> str:
@@ -246,7 +236,10 @@ class Daemon:
     async def start(self) -> None:
         server = self.config.server
         server.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        http_sock = _listen(server.http)
+        http_sock = listen(server.http.host, server.http.port)
+        policy = connection_policy(server)
+        raise_fd_limit(1 + (server.jsonrpc is not None) + (server.agi is not None), policy)
+        self.listeners = Listeners.build(policy, registry=self.metrics.registry)
         self.http_address: tuple[str, int] = http_sock.getsockname()[:2]
         self.base_url = _public_url(self.config, self.http_address)
         self.store = self._store()
@@ -276,16 +269,19 @@ class Daemon:
         self.jsonrpc_address: tuple[str, int] | None = None
         self._netstring: NetstringServer | None = None
         if server.jsonrpc is not None:
-            self._netstring = NetstringServer(Dispatcher(self.api.methods()).handle)
+            self._netstring = NetstringServer(
+                Dispatcher(self.api.methods()).handle, listeners=self.listeners
+            )
             self.jsonrpc_address = await self._netstring.start(
                 server.jsonrpc.host, server.jsonrpc.port
             )
-        self.asterisk = await start_asterisk(self.config, self.api, self.metrics)
+        self.asterisk = await start_asterisk(self.config, self.api, self.metrics, self.listeners)
         self.kamailio = self._kamailio()
         self.dialogs.start(self.kamailio, self.asterisk.ami, self.supervisor)  # ends dialogs
         self.agi_address = self.asterisk.agi_address
         # HTTP (and /healthz) answers last: once it does, every listener is up
-        await web.SockSite(self._runner, http_sock, backlog=LISTEN_BACKLOG).start()
+        http = self.listeners.tracker("http")
+        await PolicedSite(self._runner, http_sock, http, backlog=LISTEN_BACKLOG).start()
         self.supervisor.supervise("loop-lag", self.shedder.run)
         self._announce()
 

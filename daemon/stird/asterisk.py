@@ -10,6 +10,7 @@ from stird.adapters import keyfiles
 from stird.adapters.agi import AgiServer
 from stird.adapters.ami import AmiClient, AmiSettings
 from stird.adapters.api import StirApi
+from stird.adapters.connpolicy import Listeners
 from stird.adapters.dtls import DtlsCertificates
 from stird.adapters.metrics import Metrics
 from stird.config import AsteriskConfig, Config, ConfigError
@@ -55,14 +56,17 @@ def ami_settings(config: AsteriskConfig) -> AmiSettings:
     )
 
 
-async def start_asterisk(config: Config, api: StirApi, metrics: Metrics) -> AsteriskLink:
+async def start_asterisk(
+    config: Config, api: StirApi, metrics: Metrics, listeners: Listeners | None = None
+) -> AsteriskLink:
     """Start what the configuration asks for; their state goes into ``api.health``."""
     link = AsteriskLink()
     ast = config.asterisk
     settings = ami_settings(ast) if ast.ami_enabled else None  # ConfigError before listening
     if config.server.agi is not None:
         dtls = DtlsCertificates(dict(ast.dtls_certs), ast.dtls_fingerprint)
-        link.agi = AgiServer(api, dtls, timeout=float(ast.agi_timeout), fail_action=ast.fail_action)
+        link.agi = AgiServer(api, dtls, timeout=float(ast.agi_timeout),
+                             fail_action=ast.fail_action, listeners=listeners)  # fmt: skip
         link.agi_address = await link.agi.start(config.server.agi.host, config.server.agi.port)
         api.health["agi"] = link.agi.health
         log.info("FastAGI on %s:%d", *link.agi_address)

@@ -277,6 +277,12 @@ class ServerConfig:
     max_loop_lag: float = setting(
         0.25, seconds
     )  # s the loop may run late before refusing; 0: never
+    # every listener's connections (stird.adapters.connpolicy.ConnectionPolicy)
+    header_timeout: float = setting(10.0, positive_seconds)  # request head (HTTP, agi_*, netstring)
+    body_timeout: float = setting(20.0, positive_seconds)  # from a complete head to a full body
+    idle_timeout: float = setting(75.0, positive_seconds)  # kept-alive wait for the next request
+    max_connections: int = setting(512, number(integer=True, above=True))  # per listener
+    partial_frame_budget: int = setting(64 << 20, number(integer=True, above=True))  # all, bytes
 
 
 @dataclass(frozen=True, slots=True)

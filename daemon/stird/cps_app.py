@@ -22,15 +22,17 @@ from aiohttp import web
 
 from stird import eventloop
 from stird.adapters import enckeys, keyfiles
+from stird.adapters.connpolicy import ConnectionPolicy, Listeners, raise_fd_limit
 from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.cps_server import build_cps_app
+from stird.adapters.http_api import PolicedSite
 from stird.adapters.sdnotify import SystemdNotifier
-from stird.adapters.sockets import LISTEN_BACKLOG
+from stird.adapters.sockets import LISTEN_BACKLOG, listen
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.builders import fetcher_for, trust_anchors
-from stird.config import Config, ConfigError, load_config, parse_hostport
+from stird.config import Config, ConfigError, ServerConfig, load_config, parse_hostport
 from stird.core.oob import RecipientKey
 from stird.core.oobkeys import PublicationPolicy
 from stird.services.certcache import CertificateCache
@@ -107,11 +109,31 @@ def build_cps(config: Config, state_dir: Path, redis: str | None = None) -> CpsP
     return parts
 
 
-async def run_cps(parts: CpsParts, host: str, port: int, stop: asyncio.Event) -> None:
+def connection_policy(server: ServerConfig) -> ConnectionPolicy:
+    """The connection policy of every listener, from ``[server]``."""
+    return ConnectionPolicy(
+        header_timeout=float(server.header_timeout),
+        body_timeout=float(server.body_timeout),
+        idle_timeout=float(server.idle_timeout),
+        max_connections=server.max_connections,
+        partial_frame_budget=server.partial_frame_budget,
+    )
+
+
+async def run_cps(
+    parts: CpsParts,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    policy: ConnectionPolicy | None = None,
+) -> None:
+    policy = policy or ConnectionPolicy()
+    raise_fd_limit(1, policy)
     runner = web.AppRunner(parts.app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
+        tracker = Listeners.build(policy).tracker("cps")
+        await PolicedSite(runner, listen(host, port), tracker, backlog=LISTEN_BACKLOG).start()
         notifier = SystemdNotifier()
         log.info("CPS listening on %s:%d", host, port)
         notifier.ready(f"CPS serving on {host}:{port}")
@@ -130,7 +152,7 @@ async def _serve(config: Config, state: Path, redis: str | None, host: str, port
         loop.add_signal_handler(sig, stop.set)
     # systemd's ExecReload sends SIGHUP, whose default action would end the process.
     loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: restart to reconfigure")
-    await run_cps(parts, host, port, stop)
+    await run_cps(parts, host, port, stop, connection_policy(config.server))
 
 
 def cps_main(config_path: str | None, listen: str, state_dir: str, redis: str | None) -> int:

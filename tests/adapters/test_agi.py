@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from stird.adapters.agi import AgiServer, FailAction, split_identity
 from stird.adapters.agi_protocol import AgiProtocolError, AgiReply, AgiRequest, parse_reply, quote
 from stird.adapters.api import StirApi
+from stird.adapters.connpolicy import ConnectionPolicy, Listeners
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.metrics import Metrics
 from stird.adapters.overload import LoadShedder
@@ -450,7 +451,8 @@ async def test_early_close_and_garbage_neither_spin_nor_leak(api: StirApi) -> No
 
 
 async def test_silent_peer_is_dropped_within_the_timeout(api: StirApi) -> None:
-    server = AgiServer(api, DtlsCertificates({}), timeout=0.3, max_connections=2)
+    listeners = Listeners.build(ConnectionPolicy(max_connections=2))
+    server = AgiServer(api, DtlsCertificates({}), timeout=0.3, listeners=listeners)
     address = await server.start("127.0.0.1", 0)
     first, second = env_chunks(inbound_env("verify"))
     try:
@@ -459,14 +461,19 @@ async def test_silent_peer_is_dropped_within_the_timeout(api: StirApi) -> None:
         mute_reader, mute_writer = await asyncio.open_connection(*address)
         mute_writer.write(first + second)  # then never answers
         await wait_until(lambda: server.active == 2, 1.0)
+        # at the cap: the silent connection (no session yet) makes room for a new one
         extra_reader, extra_writer = await asyncio.open_connection(*address)
-        assert await read_to_eof(extra_reader, 0.2) == b""  # over the cap: closed at once
-        assert await read_to_eof(silent_reader) == b""
+        assert await read_to_eof(silent_reader, 0.2) == b""
+        extra_writer.write(first + second)  # a second session: both slots are sessions now
+        assert (await extra_reader.readline()).startswith(b"SET VARIABLE STIRD_ACTION")
+        refused_reader, refused_writer = await asyncio.open_connection(*address)
+        assert await read_to_eof(refused_reader, 0.2) == b""  # every slot busy: refused
         assert (await read_to_eof(mute_reader)).startswith(b"SET VARIABLE STIRD_ACTION")
+        assert await read_to_eof(extra_reader) == b""
         assert time.monotonic() - started < 0.3 + 0.4
         await wait_until(lambda: server.active == 0, 0.5)
         assert time.process_time() - cpu < 0.3 and server.health["refused"] == 1
-        for writer in (silent_writer, mute_writer, extra_writer):
+        for writer in (silent_writer, mute_writer, extra_writer, refused_writer):
             writer.close()
         channel = await run_agi(address, FakeChannel(inbound_env("nope")))
         assert channel.commands == []  # unknown script: closed without a command
@@ -509,3 +516,22 @@ async def test_verify_batch_longer_than_a_line_fails_closed(api: StirApi, serve:
     assert time.monotonic() - started < 2
     assert channel.variables["STIRD_ACTION"] == ""
     assert "STIRD_VERDICT" not in channel.variables
+
+
+async def test_idle_connections_do_not_block_legitimate_sessions(api: StirApi, serve: Any) -> None:
+    """Issue #17: a local process holding 200 idle connections made 40 of 50 sessions
+    fail closed. At the cap a connection without a session makes room for a new one."""
+    sign = await signed(api)
+    listeners = Listeners.build(ConnectionPolicy(max_connections=64))
+    address = await serve(listeners=listeners, timeout=5.0)
+    idle = []
+    for _ in range(200):
+        idle.append(await asyncio.open_connection(*address))
+    await asyncio.sleep(0.1)
+    channels = [with_date(inbound(sign["identity"]), sign["date"]) for _ in range(50)]
+    await asyncio.gather(*(run_agi(address, channel) for channel in channels))
+    verdicts = [c.variables.get("STIRD_VERDICT") for c in channels]
+    assert verdicts == ["valid"] * 50
+    assert listeners.stats.closed.labels("agi", "refused")._value.get() == 0
+    for _, writer in idle:
+        writer.close()

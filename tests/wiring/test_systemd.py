@@ -26,6 +26,7 @@ import pytest
 
 from stird.adapters import keyfiles
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
+from stird.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
@@ -106,6 +107,14 @@ def test_unit_contract(name: str) -> None:
     assert s["ConfigurationDirectory"] == ["stird"]
     assert s["MemoryDenyWriteExecute"] == ["yes"]
     assert "IPAddressDeny" not in s  # the verifier fetches x5u certificates from anywhere
+
+
+@pytest.mark.parametrize(("name", "listeners"), [("stird.service", 3), ("stird-cps.service", 1)])
+def test_unit_file_limit_is_above_the_connection_caps(name: str, listeners: int) -> None:
+    """Issue #17: each listener's cap, summed, plus room for everything else; below it
+    half-open connections exhaust the descriptors before any cap is reached."""
+    needed = listeners * ServerConfig().max_connections + 1024  # connpolicy.raise_fd_limit
+    assert int(unit_settings(name)["LimitNOFILE"][0]) >= needed
 
 
 def test_stird_unit_matches_the_daemon_defaults() -> None:

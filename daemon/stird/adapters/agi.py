@@ -47,6 +47,7 @@ from stird.adapters.agi_protocol import (
     known,
 )
 from stird.adapters.api import StirApi
+from stird.adapters.connpolicy import Connection, ConnectionPolicy, Listeners, Phase
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.errors import mapped
 from stird.adapters.overload import Overloaded
@@ -146,13 +147,15 @@ class AgiServer:
         *,
         timeout: float = 2.0,
         fail_action: FailAction | str = FailAction.REJECT,
-        max_connections: int = 128,
         call_timeout: float = 5.0,
+        listeners: Listeners | None = None,
     ) -> None:
         self.api, self.dtls, self.timeout = api, dtls, timeout
         self.fail_action = FailAction(fail_action)
-        self.max_connections = max_connections
         self.call_timeout = call_timeout
+        self.listeners = listeners or Listeners.build(ConnectionPolicy())
+        self._tracker = self.listeners.tracker("agi")
+        self._conns: dict[asyncio.StreamWriter, Connection] = {}
         self.health: dict[str, Any] = {"address": None, "sessions": 0, "failed": 0,
                                        "peer_errors": 0, "refused": 0}  # fmt: skip
         self._routes: dict[str, Route] = {"sign": self._sign, "verify": self._verify}
@@ -172,14 +175,15 @@ class AgiServer:
         limit = self.call_timeout + 6 * self.timeout
         self._app = AgiApplication(
             timeout=self.timeout,
-            max_connections=self.max_connections,
+            # the tracker holds the cap; room here for connections it is closing
+            max_connections=2 * self.listeners.policy.max_connections,
             session_limit=limit,
             health=self.health,
         )
         for script, route in self._routes.items():
-            self._app.add_route(script, route)
+            self._app.add_route(script, self._session(route))
         self._server = await asyncio.start_server(
-            self._app.handler, host, port, limit=MAX_LINE, backlog=LISTEN_BACKLOG
+            self._admit, host, port, limit=MAX_LINE, backlog=LISTEN_BACKLOG
         )
         sockname = self._server.sockets[0].getsockname()
         address = (str(sockname[0]), int(sockname[1]))
@@ -189,12 +193,41 @@ class AgiServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         if self._app is not None:
             tasks = list(self._app.tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._tracker.close_all()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # --- admission (stird.adapters.connpolicy) -------------------------------------------
+
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Admit a connection under the policy: until its ``agi_*`` block is in, it may be
+        closed at the header deadline or to make room for a new one at the cap."""
+        conn = self._tracker.admit(writer.transport.abort, Phase.HEAD)
+        if conn is None:
+            self.health["refused"] += 1
+            return
+        self._conns[writer] = conn
+        try:
+            assert self._app is not None  # started
+            await self._app.handler(reader, writer)
+        finally:
+            del self._conns[writer]
+            conn.release()
+
+    def _session(self, route: Route) -> Route:
+        async def session(request: AgiRequest) -> None:
+            conn = self._conns.get(request.writer)
+            if conn is not None:  # a session: ended by its own timeouts, never evicted
+                conn.begin()
+                conn.wait(Phase.IDLE)
+            await route(request)
+
+        return session
 
     # --- routes ------------------------------------------------------------------------
 

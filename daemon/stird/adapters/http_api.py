@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
-from typing import Any
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
+from stird.adapters.connpolicy import Connection, ConnectionTracker, Phase
 from stird.adapters.errors import PARSE_ERROR, mapped
 from stird.adapters.jsonrpc import Dispatcher, error
 from stird.adapters.requests import FieldError
@@ -117,3 +123,106 @@ def build_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/certs/{name}", certificate)
     return app
+
+
+# --- the connection policy on aiohttp's listener ------------------------------------------
+# aiohttp's server has one timer, keepalive_timeout (default 3,630 s), which closes a
+# connection only while no request head is complete: a head trickled for an hour, or a
+# body announced and never sent, holds the connection (and the handler) for good. Each
+# connection's RequestHandler therefore reports to a ConnectionTracker what it waits for:
+# the head (from the accept, or from the first byte after an answer), the body (from the
+# complete head until the payload's EOF), or nothing (an answer is being made), and the
+# tracker closes it past its deadline, at the listener's cap or past the frame budget.
+
+
+class _PolicedHandler(RequestHandler):
+    """aiohttp's per-connection protocol, reporting its phases to a tracker."""
+
+    __slots__ = ("_conn", "_received", "_tracker")
+
+    def __init__(self, tracker: ConnectionTracker, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._tracker = tracker
+        self._conn: Connection | None = None
+        self._received = 0  # bytes of the unfinished head or body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._conn = self._tracker.admit(cast(asyncio.Transport, transport).abort, Phase.HEAD)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._conn is not None:
+            self._conn.release()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            if conn.phase is Phase.IDLE:
+                conn.wait(Phase.HEAD)  # the next request has begun
+                self._received = 0
+            if conn.phase is not Phase.IDLE:
+                self._received += len(data)
+                conn.hold(self._received)
+        super().data_received(data)
+
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
+        conn = self._conn
+        if conn is None:
+            return await super()._handle_request(request, start_time, request_handler)
+        conn.begin()
+        content = request.content
+        self._received = 0
+        conn.hold(0)
+        if content.is_eof():
+            conn.wait(Phase.IDLE, fresh=True)
+        else:
+            conn.wait(Phase.BODY, content.is_eof, fresh=True)
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            conn.hold(0)  # the body is the handler's (or abandoned) now
+            if conn.phase is Phase.BODY:
+                conn.wait(Phase.IDLE)
+            conn.end()
+
+
+class PolicedSite(web.SockSite):
+    """A listening socket whose connections live under ``tracker``'s policy."""
+
+    __slots__ = ("_tracker",)
+
+    def __init__(
+        self, runner: web.BaseRunner, sock: socket.socket, tracker: ConnectionTracker,
+        *, backlog: int,
+    ) -> None:  # fmt: skip
+        super().__init__(runner, sock, backlog=backlog)
+        self._tracker = tracker
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site (SockSite.start would serve)
+        server, policy = self._runner.server, self._tracker.policy
+        assert server is not None  # set by runner.setup(), which BaseSite checks
+        loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {
+            "loop": loop,
+            "access_log": None,
+            # a backstop only: the tracker closes idle connections first
+            "keepalive_timeout": policy.idle_timeout + policy.header_timeout,
+            # reading out a body the handler did not want: at most this long
+            "lingering_time": min(policy.body_timeout, 10.0),
+        }
+
+        def protocol() -> _PolicedHandler:
+            return _PolicedHandler(self._tracker, server, **options)
+
+        self._server = await loop.create_server(protocol, sock=self._sock, backlog=self._backlog)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._tracker.stop()  # what is in flight finishes: the runner's graceful shutdown

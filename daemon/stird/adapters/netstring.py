@@ -4,6 +4,7 @@ netstring = length ":" payload ","   ; length: decimal, no leading zeros, at mos
 (http://cr.yp.to/proto/netstrings.txt). One long-lived connection per Kamailio instance;
 requests may arrive several per read or split across reads; answers go out as soon as
 each is ready, in any order. A framing error closes the connection (as Kamailio does).
+Deadlines, the connection cap and the unfinished-frame budget: stird.adapters.connpolicy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stird.adapters import jsoncodec
+from stird.adapters.connpolicy import Connection, ConnectionPolicy, Listeners, Phase, Reason
 from stird.adapters.sockets import LISTEN_BACKLOG
 
 log = logging.getLogger(__name__)
@@ -35,54 +37,95 @@ def encode(payload: bytes) -> bytes:
 
 
 class NetstringDecoder:
-    """Incremental decoder: feed bytes, get complete payloads."""
+    """Incremental decoder: feed bytes, get complete payloads.
+
+    An unfinished payload is kept as the chunks it arrived in, never as one buffer grown
+    to the frame's size (a grown buffer is a large allocation the allocator may keep
+    after it is freed); :attr:`pending` is how many bytes it holds."""
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self._buf = bytearray()
         self._max = max_message
+        self._digits = b""  # the length field read so far
+        self._need = -1  # bytes of payload and comma still expected; -1: reading the length
+        self._chunks: list[bytes] = []
+        self.pending = 0
+
+    @property
+    def in_head(self) -> bool:
+        """Part of a length field has arrived."""
+        return bool(self._digits)
+
+    @property
+    def in_body(self) -> bool:
+        """The length field is complete, the payload (or its comma) is not."""
+        return self._need >= 0
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
         out: list[bytes] = []
-        while (message := self._next()) is not None:
-            out.append(message)
+        pos = 0
+        while pos < len(data):
+            if self._need < 0:
+                pos = self._head(data, pos)
+                continue
+            take = min(self._need, len(data) - pos)
+            self._chunks.append(data if take == len(data) else data[pos : pos + take])
+            self._need -= take
+            self.pending += take
+            pos += take
+            if self._need == 0:
+                out.append(self._payload())
         return out
 
-    def _next(self) -> bytes | None:
-        colon = self._buf.find(b":", 0, _MAX_DIGITS + 1)
+    def _head(self, data: bytes, pos: int) -> int:
+        room = _MAX_DIGITS + 1 - len(self._digits)
+        colon = data.find(b":", pos, pos + room)
         if colon < 0:
-            head = bytes(self._buf)
-            if len(head) > _MAX_DIGITS or (head and not head.isdigit()):
+            self._digits += data[pos : pos + room]
+            if len(self._digits) > _MAX_DIGITS or not self._digits.isdigit():
                 raise FramingError("missing length field")
-            return None
-        digits = bytes(self._buf[:colon])
+            self.pending = len(self._digits)
+            return len(data)
+        digits, self._digits = self._digits + data[pos:colon], b""
         if not digits.isdigit() or (len(digits) > 1 and digits.startswith(b"0")):
             raise FramingError("bad length field")
         length = int(digits)
         if length > self._max:
             raise FramingError(f"message of {length} bytes exceeds {self._max}")
-        end = colon + 1 + length
-        if len(self._buf) <= end:
-            return None
-        if self._buf[end : end + 1] != b",":
+        self._need, self.pending = length + 1, 0
+        return colon + 1
+
+    def _payload(self) -> bytes:
+        chunks, self._chunks, self._need, self.pending = self._chunks, [], -1, 0
+        if chunks[-1][-1:] != b",":
             raise FramingError("missing trailing comma")
-        payload = bytes(self._buf[colon + 1 : end])
-        del self._buf[: end + 1]
-        return payload
+        chunks[-1] = chunks[-1][:-1]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class NetstringServer:
-    """Serves a JSON-RPC handler over netstrings on one TCP listener."""
+    """Serves a JSON-RPC handler over netstrings on one TCP listener, under the
+    connection policy of ``listeners`` (deadlines, cap, frame budget)."""
 
-    def __init__(self, handler: Handler, *, idle_timeout: float | None = None) -> None:
+    def __init__(
+        self, handler: Handler, *, listeners: Listeners | None = None, name: str = "jsonrpc"
+    ) -> None:
         self._handler = handler
-        self._idle = idle_timeout
+        self._listeners = listeners or Listeners.build(ConnectionPolicy())
+        self._tracker = self._listeners.tracker(name)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._tracker)
+
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(
-            self._serve, host, port, limit=MAX_MESSAGE, backlog=LISTEN_BACKLOG
+            self._serve,
+            host,
+            port,
+            limit=self._listeners.policy.read_chunk,
+            backlog=LISTEN_BACKLOG,
         )
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
@@ -90,20 +133,24 @@ class NetstringServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        self._tracker.close_all()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = self._tracker.admit(writer.transport.abort, Phase.IDLE)
         task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
+        if conn is None or task is None:
+            return
+        self._connections.add(task)
         try:
-            await _Connection(self._handler, reader, writer, self._idle).run()
+            await _Connection(self._handler, reader, writer, conn, self._listeners.policy).run()
         finally:
-            if task is not None:
-                self._connections.discard(task)
+            conn.release()
+            self._connections.discard(task)
 
 
 class _Connection:
@@ -112,9 +159,11 @@ class _Connection:
         handler: Handler,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        idle: float | None,
+        conn: Connection,
+        policy: ConnectionPolicy,
     ) -> None:
-        self._handler, self._reader, self._writer, self._idle = handler, reader, writer, idle
+        self._handler, self._reader, self._writer = handler, reader, writer
+        self._conn, self._policy = conn, policy
         self._slots = asyncio.Semaphore(MAX_INFLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
@@ -122,17 +171,27 @@ class _Connection:
     async def run(self) -> None:
         decoder = NetstringDecoder()
         try:
-            while data := await asyncio.wait_for(self._reader.read(65536), self._idle):
-                for payload in decoder.feed(data):
+            while data := await self._reader.read(self._policy.read_chunk):
+                payloads = decoder.feed(data)
+                self._conn.hold(decoder.pending)
+                if self._conn.closed:  # the frame budget closed it
+                    break
+                phase = (
+                    Phase.BODY if decoder.in_body else Phase.HEAD if decoder.in_head else Phase.IDLE
+                )
+                self._conn.wait(phase, fresh=bool(payloads))
+                for payload in payloads:
                     await self._slots.acquire()
+                    self._conn.begin()
                     task = asyncio.create_task(self._answer(payload))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
         except FramingError as exc:
             log.warning("netstring peer %s: %s; closing", self._peer(), exc)
-        except (TimeoutError, ConnectionError):
+        except ConnectionError:
             pass
         finally:
+            del decoder  # its chunks go now, not when the answers are done
             await self._finish()
 
     def _peer(self) -> str:
@@ -149,15 +208,19 @@ class _Connection:
                     "id": None,
                 }
             else:
+                del payload
                 answer = await self._handler(message)
             if answer is not None:
                 data = encode(jsoncodec.dumps(answer))
                 async with self._lock:
                     self._writer.write(data)
-                    await self._writer.drain()
+                    await asyncio.wait_for(self._writer.drain(), self._policy.body_timeout)
+        except TimeoutError:
+            self._conn.drop(Reason.SEND)  # the peer does not read its answers
         except ConnectionError:
             pass
         finally:
+            self._conn.end()
             self._slots.release()
 
     async def _finish(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 #: Accept-queue length of every listener (the kernel caps it at ``net.core.somaxconn``,
 #: 4096 on Debian 12). Asterisk opens a new connection for each ``AGI()`` call, so at
 #: 200 sessions/s the default of 100 (asyncio) or 128 (aiohttp) fills during a 0.5 s
@@ -9,3 +11,18 @@ from __future__ import annotations
 #: SYN retransmission: seconds of post-dial delay and AGI timeouts from a sub-second
 #: pause (found by bench/soak.py --redis: TcpExtListenOverflows).
 LISTEN_BACKLOG = 1024
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP listening socket on ``host``:``port`` (IPv6 if ``host`` has ':')."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,370 @@
+"""The connection policy on every listener (issue #17, "Nothing starves it"): what an
+attacker does with half-sent requests, idle connections and unfinished frames, and what
+stird does about it (closes them at the deadline, at the cap, past the budget)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from stird.adapters.connpolicy import (
+    ConnectionPolicy,
+    ConnectionStats,
+    ConnectionTracker,
+    FrameBudget,
+    Listeners,
+    Phase,
+    Reason,
+)
+from stird.adapters.http_api import PolicedSite
+from stird.adapters.jsonrpc import Dispatcher
+from stird.adapters.netstring import NetstringDecoder, NetstringServer, encode
+from stird.adapters.sockets import LISTEN_BACKLOG, listen
+
+FAST = ConnectionPolicy(header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5)
+
+
+def closed(listeners: Listeners, listener: str, reason: Reason) -> float:
+    return listeners.stats.closed.labels(listener, reason.value)._value.get()
+
+
+async def eof_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Everything the server sends until it closes; fails if it is still open then."""
+    data = b""
+    async with asyncio.timeout(seconds):
+        while chunk := await reader.read(65536):
+            data += chunk
+    return data
+
+
+async def still_open(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(reader.read(1), seconds)
+    except TimeoutError:
+        return True
+    return False
+
+
+# --- the tracker on its own ------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tracker(policy: ConnectionPolicy, clock: Clock, budget: bool = False) -> ConnectionTracker:
+    stats = ConnectionStats(CollectorRegistry())
+    frames = FrameBudget(policy.partial_frame_budget, stats) if budget else None
+    return ConnectionTracker("t", policy, stats, frames, clock=clock)
+
+
+def closer(log: list[str], name: str) -> Callable[[], None]:
+    return lambda: log.append(name)
+
+
+async def test_deadlines_per_phase() -> None:
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(header_timeout=1, body_timeout=2, idle_timeout=5), clock)
+    head = t.admit(closer(shut, "head"))
+    body = t.admit(closer(shut, "body"))
+    idle = t.admit(closer(shut, "idle"), Phase.IDLE)
+    busy = t.admit(closer(shut, "busy"), Phase.IDLE)
+    assert head and body and idle and busy
+    body.wait(Phase.BODY)
+    busy.begin()  # answering: no deadline of ours
+    clock.now = 1.0
+    t.sweep()
+    assert shut == ["head"]
+    clock.now = 2.0
+    t.sweep()
+    assert shut == ["head", "body"]
+    clock.now = 100.0
+    t.sweep()
+    assert shut == ["head", "body", "idle"] and len(t) == 1
+    busy.end()  # idle from now
+    clock.now = 104.9
+    t.sweep()
+    assert len(t) == 1
+    clock.now = 105.0
+    t.sweep()
+    assert shut[-1] == "busy" and len(t) == 0
+
+
+async def test_a_fresh_request_restarts_the_deadline() -> None:
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(body_timeout=2), clock)
+    conn = t.admit(closer(shut, "kamailio"))
+    assert conn is not None
+    for step in range(10):  # frames back to back, each read ending inside the next one
+        clock.now = step * 1.5
+        conn.wait(Phase.BODY, fresh=True)
+        t.sweep()
+    assert shut == []
+
+
+async def test_cap_closes_the_longest_waiting_and_refuses_only_when_all_are_busy() -> None:
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=3), clock)
+    a, b, c = (t.admit(closer(shut, n), Phase.IDLE) for n in "abc")
+    assert a and b and c
+    clock.now = 1
+    a.wait(Phase.HEAD)  # a request began on a: now b waited longest
+    assert t.admit(closer(shut, "d")) is not None
+    assert shut == ["b"]
+    for conn in t.connections():
+        conn.begin()
+    assert t.admit(closer(shut, "e")) is None
+    assert shut == ["b", "e"]
+    assert t.stats.closed.labels("t", "evicted")._value.get() == 1
+    assert t.stats.closed.labels("t", "refused")._value.get() == 1
+
+
+async def test_cap_keeps_a_connection_that_completed_requests() -> None:
+    """Kamailio's connection, quiet for a moment while newer idle connections pile up,
+    stays: those that never completed a request go first."""
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=3), clock)
+    kamailio = t.admit(closer(shut, "kamailio"), Phase.IDLE)
+    assert kamailio is not None
+    kamailio.begin()
+    kamailio.end()
+    for step, name in enumerate("abcde"):
+        clock.now = step + 1
+        assert t.admit(closer(shut, name), Phase.IDLE) is not None
+    assert shut == ["a", "b", "c"]
+
+
+async def test_budget_drops_the_biggest_unfinished_frame() -> None:
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(partial_frame_budget=100), clock, budget=True)
+    small, big, new = (t.admit(closer(shut, n)) for n in ("small", "big", "new"))
+    assert small and big and new and t.budget is not None
+    small.hold(20)
+    big.hold(70)
+    assert shut == []
+    new.hold(30)  # 120 > 100: the 70 go
+    assert shut == ["big"] and t.budget.total == 50
+    small.release()
+    assert t.budget.total == 30
+
+
+# --- HTTP (aiohttp) ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[tuple[int, Listeners]]:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read())
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    listeners = Listeners.build(
+        ConnectionPolicy(header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5,
+                         max_connections=8),
+        CollectorRegistry(),
+    )  # fmt: skip
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    await PolicedSite(runner, sock, listeners.tracker("http"), backlog=LISTEN_BACKLOG).start()
+    yield port, listeners
+    await runner.cleanup()
+
+
+async def get(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    try:
+        return await eof_within(reader, 5)
+    finally:
+        writer.close()
+
+
+async def test_http_trickled_head_is_closed_at_the_deadline(http: tuple[int, Listeners]) -> None:
+    port, listeners = http
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 200
+
+    async def trickle() -> None:
+        for byte in head:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(trickle())
+    try:
+        assert await eof_within(reader, 3) == b""  # nothing answered, closed
+    finally:
+        task.cancel()
+        writer.close()
+    assert closed(listeners, "http", Reason.HEAD) == 1
+    assert (await get(port)).endswith(b"hello")
+
+
+async def test_http_announced_body_never_sent_is_closed(http: tuple[int, Listeners]) -> None:
+    port, listeners = http
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+    assert await eof_within(reader, 3) == b""
+    writer.close()
+    assert closed(listeners, "http", Reason.BODY) == 1
+
+
+async def test_http_idle_keep_alive_is_closed(http: tuple[int, Listeners]) -> None:
+    port, listeners = http
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(3):  # requests keep it open: the idle timeout counts from each answer
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.3)
+    answers = await eof_within(reader, 3)
+    assert answers.count(b"hello") == 3
+    writer.close()
+    assert closed(listeners, "http", Reason.IDLE) == 1
+
+
+async def test_http_cap_closes_the_oldest_idle_and_serves_the_new(
+    http: tuple[int, Listeners],
+) -> None:
+    port, listeners = http
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    assert (await get(port)).endswith(b"hello")  # the 9th connection is served
+    assert await eof_within(idle[0][0], 1) == b""  # the oldest made room
+    assert all([await still_open(r, 0.01) for r, _ in idle[1:]])
+    assert closed(listeners, "http", Reason.EVICTED) == 1
+    for _, writer in idle:
+        writer.close()
+
+
+async def test_http_open_connections_gauge(http: tuple[int, Listeners]) -> None:
+    port, listeners = http
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert listeners.stats.open.labels("http")._value.get() == 3
+    for _, writer in conns:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert listeners.stats.open.labels("http")._value.get() == 0
+
+
+# --- netstring JSON-RPC --------------------------------------------------------------------
+
+
+async def echo(params: Any) -> Any:
+    return params
+
+
+@pytest.fixture
+async def netstring() -> AsyncIterator[tuple[int, Listeners, NetstringServer]]:
+    listeners = Listeners.build(
+        ConnectionPolicy(header_timeout=0.5, body_timeout=0.5, idle_timeout=0.5,
+                         max_connections=8, partial_frame_budget=3 << 20),
+        CollectorRegistry(),
+    )  # fmt: skip
+    server = NetstringServer(Dispatcher({"echo": echo}).handle, listeners=listeners)
+    _, port = await server.start("127.0.0.1", 0)
+    yield port, listeners, server
+    await server.close()
+
+
+def rpc(id_: int) -> bytes:
+    return encode(json.dumps({"jsonrpc": "2.0", "id": id_, "method": "echo",
+                              "params": {"n": id_}}).encode())  # fmt: skip
+
+
+async def call(port: int, id_: int = 1) -> Any:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(rpc(id_))
+    decoder = NetstringDecoder()
+    try:
+        async with asyncio.timeout(5):
+            while not (got := decoder.feed(await reader.read(4096))):
+                pass
+        return json.loads(got[0])
+    finally:
+        writer.close()
+
+
+async def test_netstring_idle_connection_is_closed(netstring: Any) -> None:
+    port, listeners, _ = netstring
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(rpc(1))  # one request, then silence
+    answer = await eof_within(reader, 3)
+    assert b'"result"' in answer
+    writer.close()
+    assert closed(listeners, "jsonrpc", Reason.IDLE) == 1
+
+
+async def test_netstring_unfinished_frame_closed_at_the_deadline(netstring: Any) -> None:
+    port, listeners, server = netstring
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"1048576:" + b"x" * 1000)  # then silence
+    await asyncio.sleep(0.1)
+    assert listeners.budget.total == 1000
+    assert await eof_within(reader, 3) == b""
+    writer.close()
+    assert closed(listeners, "jsonrpc", Reason.BODY) == 1
+    assert listeners.budget.total == 0 and server.open_connections == 0
+
+
+async def test_netstring_frame_budget_drops_the_biggest(netstring: Any) -> None:
+    port, listeners, _ = netstring
+    peers = []
+    for size in (300_000, 1_000_000, 900_000, 800_000):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"1048576:" + b"y" * size)
+        await writer.drain()
+        peers.append((reader, writer))
+        await asyncio.sleep(0.1)
+    # 3,000,000 bytes held, under the 3 MiB budget; 400,000 more tip it over
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"1048576:" + b"z" * 400_000)
+    peers.append((reader, writer))
+    assert await eof_within(peers[1][0], 2) == b""  # the 1,000,000-byte frame went
+    assert closed(listeners, "jsonrpc", Reason.BUDGET) == 1
+    assert listeners.budget.total <= 3 << 20
+    assert (await call(port))["result"] == {"n": 1}  # work goes on
+    for _, w in peers:
+        w.close()
+
+
+async def test_netstring_steady_traffic_is_not_cut(netstring: Any) -> None:
+    """A Kamailio connection busy for longer than every timeout, its frames split across
+    reads: nothing closes it."""
+    port, listeners, _ = netstring
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    wire = b"".join(rpc(i) for i in range(1, 41))
+    decoder, answers = NetstringDecoder(), []
+    for i in range(0, len(wire), 37):
+        writer.write(wire[i : i + 37])
+        await asyncio.sleep(0.05)  # 2 s in all, four idle/body timeouts
+    async with asyncio.timeout(5):
+        while len(answers) < 40:
+            answers += decoder.feed(await reader.read(65536))
+    writer.close()
+    assert sum(listeners.stats.closed.labels("jsonrpc", r.value)._value.get() for r in Reason) == 0
+
+
+async def test_netstring_cap_closes_the_oldest_idle(netstring: Any) -> None:
+    port, listeners, _ = netstring
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    assert (await call(port))["result"] == {"n": 1}
+    assert await eof_within(idle[0][0], 1) == b""
+    assert closed(listeners, "jsonrpc", Reason.EVICTED) == 1
+    for _, writer in idle:
+        writer.close()

@@ -1,0 +1,289 @@
+"""Issue #17, "Nothing starves it": the real daemon (``stird serve``) under 2,000 idle or
+trickling connections spread over its HTTP, netstring and FastAGI listeners, then 300
+connections each holding an unfinished ~1 MiB netstring frame, while valid verify
+requests keep flowing on all three. With the default [server] connection policy no valid
+request fails, and the daemon's memory returns once the attackers are gone.
+
+Latencies and memory are printed (run with -s), not asserted: speed belongs to bench/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from stird.adapters.netstring import NetstringDecoder, encode
+from tests.adapters.test_agi import asterisk_offer, inbound, with_date
+from tests.asterisk_fakes import run_agi
+from tests.wiring.test_daemon_api import FROM, SDP, TO, verify_body
+from tests.wiring.test_serve import free_port
+
+ATTACKERS = {"http": 700, "jsonrpc": 650, "agi": 650}  # 2,000 in all
+FRAMES = 300  # unfinished netstring frames of ~1 MiB
+FRAME = b"1048576:" + b"x" * 1_000_000
+RSS_SLACK_KB = 20 * 1024
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def raise_fd_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < want:
+        pytest.skip(f"needs {want} open files, the hard limit allows {soft}")
+
+
+class Legit:
+    """Valid requests on every listener; every failure recorded, every latency kept."""
+
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = {"http": [], "jsonrpc": [], "agi": []}
+        self.errors: list[str] = []
+        self.running = True
+
+    async def loop(self, kind: str, once: Callable[[], Awaitable[str | None]]) -> None:
+        while self.running:
+            started = time.monotonic()
+            try:
+                problem = await asyncio.wait_for(once(), 10)
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem:
+                self.errors.append(f"{kind}: {problem}")
+            else:
+                self.latencies[kind].append(time.monotonic() - started)
+            await asyncio.sleep(0.01)
+
+    def p99(self, kind: str) -> float:
+        values = sorted(self.latencies[kind])
+        return values[int(len(values) * 0.99)] if values else float("nan")
+
+
+async def attacker(port: int, opener: bytes, trickle: bool, attacking: asyncio.Event) -> None:
+    """One connection slot: open, send ``opener`` (maybe nothing), then a byte a second
+    (``trickle``) or silence; when stird closes it, open another, until the attack ends."""
+    while not attacking.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            writer.write(opener)
+            while not attacking.is_set():
+                try:
+                    if not await asyncio.wait_for(reader.read(1024), 1.0):
+                        break  # stird closed it
+                except TimeoutError:
+                    if trickle:
+                        writer.write(b"a")
+        except OSError:
+            pass
+        finally:
+            writer.close()
+        await asyncio.sleep(0.2)
+
+
+async def frame_holder(port: int, done: asyncio.Event) -> None:
+    """An unfinished ~1 MiB netstring frame, held until stird closes it or the end."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return
+    try:
+        writer.write(FRAME)
+        await asyncio.wait_for(writer.drain(), 20)
+        while not done.is_set():
+            try:
+                if not await asyncio.wait_for(reader.read(1024), 0.5):
+                    break
+            except TimeoutError:
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
+def config_file(tmp_path: Path, ports: dict[str, int]) -> Path:
+    path = tmp_path / "stird.toml"
+    path.write_text(
+        "[server]\n"
+        f'http = "127.0.0.1:{ports["http"]}"\n'
+        f'jsonrpc = "127.0.0.1:{ports["jsonrpc"]}"\n'
+        f'agi = "127.0.0.1:{ports["agi"]}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        "[verify]\nreplay = false\n"  # the same valid request, again and again
+    )
+    return path
+
+
+async def test_listeners_survive_idle_trickling_and_unfinished_frames(tmp_path: Path) -> None:
+    raise_fd_limit(sum(ATTACKERS.values()) + FRAMES + 1024)
+    ports = {name: free_port() for name in ("http", "jsonrpc", "agi")}
+    argv = [sys.executable, "-m", "stird", "serve", "--config", str(config_file(tmp_path, ports))]
+    log = (tmp_path / "stird.log").open("w")
+    proc = subprocess.Popen(argv, stderr=log)
+    base = f"http://127.0.0.1:{ports['http']}"
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)  # a new connection each
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10))
+    try:
+        await wait_healthy(session, base, proc)
+        legit = Legit()
+        http_once, rpc_once, agi_once, rpc_close = await legit_requests(session, base, ports)
+        for _ in range(20):  # warm: caches filled, every code path run once
+            assert await http_once() is None and await rpc_once() is None
+            assert await agi_once() is None
+        await asyncio.sleep(1)
+        start = rss_kb(proc.pid)
+        peak = [start]
+
+        async def sample() -> None:
+            while True:
+                peak[0] = max(peak[0], rss_kb(proc.pid))
+                await asyncio.sleep(0.1)
+
+        sampler = asyncio.create_task(sample())
+        flows = [asyncio.create_task(legit.loop(k, f)) for k, f in
+                 (("http", http_once), ("jsonrpc", rpc_once), ("agi", agi_once))]  # fmt: skip
+        stop = asyncio.Event()
+        slots = [
+            *(asyncio.create_task(attacker(ports["http"], opener, trickle, stop))
+              for i in range(ATTACKERS["http"])
+              for opener, trickle in [
+                  (b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nX-a: ", True) if i % 2 else
+                  (b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", False)
+              ]),
+            *(asyncio.create_task(attacker(ports["jsonrpc"], b"", False, stop))
+              for _ in range(ATTACKERS["jsonrpc"])),
+            *(asyncio.create_task(attacker(ports["agi"], b"", False, stop))
+              for _ in range(ATTACKERS["agi"])),
+        ]  # fmt: skip
+        await asyncio.sleep(6)
+        holders = [asyncio.create_task(frame_holder(ports["jsonrpc"], stop)) for _ in range(FRAMES)]
+        await asyncio.wait(holders, timeout=15)
+        stop.set()
+        await asyncio.gather(*slots, *holders)
+        await asyncio.sleep(2)  # valid requests after the attack too
+        legit.running = False
+        await asyncio.gather(*flows)
+        sampler.cancel()
+        after = await settled_rss(proc.pid, start)
+        metrics = await closes(session, base)
+        await rpc_close()
+    finally:
+        await session.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        finally:
+            proc.kill()
+            log.close()
+    counts = {k: len(v) for k, v in legit.latencies.items()}
+    print(f"\nvalid requests under attack: {counts}, errors: {len(legit.errors)}")
+    print("p99 ms: " + ", ".join(f"{k} {legit.p99(k) * 1000:.1f}" for k in counts))
+    print(f"RSS MB: before {start / 1024:.1f}, peak {peak[0] / 1024:.1f}, after {after / 1024:.1f}")
+    print("closed by the policy: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(metrics.items())))
+    assert legit.errors == []
+    assert all(counts.values())
+    assert after <= start + RSS_SLACK_KB, f"RSS {after} kB after, {start} kB before"
+    assert metrics.get("jsonrpc/budget", 0) > 0  # the frames were bounded by the budget
+
+
+async def wait_healthy(session: aiohttp.ClientSession, base: str, proc: Any) -> None:
+    for _ in range(200):
+        assert proc.poll() is None, "stird exited"
+        try:
+            async with session.get(base + "/healthz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    pytest.fail("stird did not become healthy")
+
+
+async def legit_requests(
+    session: aiohttp.ClientSession, base: str, ports: dict[str, int]
+) -> tuple[Callable[[], Awaitable[str | None]], ...]:
+    async def sign(body: dict[str, Any]) -> dict[str, Any]:
+        async with session.post(base + "/v1/sign", json=body) as response:
+            assert response.status == 200
+            return dict(await response.json())
+
+    http_sign = await sign({"orig": FROM, "dest": [TO], "sdp": SDP})
+    body = verify_body(http_sign)
+    agi_sign = await sign({"orig": "+15552220000", "dest": ["+15557770002"],
+                           "sdp": asterisk_offer("AB:" * 31 + "CD")})  # fmt: skip
+
+    async def http_once() -> str | None:
+        async with session.post(base + "/v1/verify", json=body) as response:
+            verdict = await response.json()
+        return None if verdict.get("verdict") == "valid" else f"{response.status} {verdict}"
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", ports["jsonrpc"])
+    decoder = NetstringDecoder()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "stir.verify", "params": body}
+    wire = encode(json.dumps(request).encode())
+
+    async def rpc_once() -> str | None:
+        writer.write(wire)
+        answers: list[bytes] = []
+        while not answers:
+            data = await reader.read(65536)
+            if not data:
+                return "connection closed"
+            answers = decoder.feed(data)
+        answer = json.loads(answers[0])
+        ok = answer.get("result", {}).get("verdict") == "valid"
+        return None if ok else str(answer)[:200]
+
+    async def agi_once() -> str | None:
+        channel = with_date(inbound(agi_sign["identity"]), agi_sign["date"])
+        await run_agi(("127.0.0.1", ports["agi"]), channel)
+        verdict = channel.variables.get("STIRD_VERDICT")
+        return None if verdict == "valid" else f"STIRD_VERDICT={verdict!r}"
+
+    async def rpc_close() -> None:
+        writer.close()
+
+    return http_once, rpc_once, agi_once, rpc_close  # type: ignore[return-value]
+
+
+async def settled_rss(pid: int, start: int, within: float = 20.0) -> int:
+    """The daemon's RSS once it is back within the slack of ``start`` (or after ``within``)."""
+    end = time.monotonic() + within
+    while (rss := rss_kb(pid)) > start + RSS_SLACK_KB and time.monotonic() < end:
+        await asyncio.sleep(0.25)
+    return rss
+
+
+async def closes(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    async with session.get(base + "/metrics") as response:
+        text = await response.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("stird_connections_closed_total{"):
+            labels, value = line.rsplit(" ", 1)
+            fields = dict(p.split("=") for p in labels[labels.index("{") + 1 : -1].split(","))
+            out[f"{fields['listener'].strip(chr(34))}/{fields['reason'].strip(chr(34))}"] = float(
+                value
+            )
+    return out
