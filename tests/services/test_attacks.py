@@ -21,6 +21,7 @@ from stird.core import certs, jose
 from stird.core.errors import StirError
 from stird.core.identity import IdentityHeader, parse_identity
 from stird.core.passport import Claims, Dest, PassportHeader, Ppt, sign
+from stird.core.tn import IdKind, PartyId
 from stird.core.verdict import Credential, Trust
 from stird.services.ports import KeyValueStore
 from stird.services.verdicts import ReplayOverflow, ServicePolicy, Verstat
@@ -393,3 +394,66 @@ async def test_unsupported_alg_is_437(pki: Pki) -> None:
     assert parse_identity(compact)[0].digest == header.digest
     verdict = await svc.verify(facts(compact))
     assert verdict.code == 437
+
+
+# --- found by review: pins follow orig, fail closed, anonymous, verstat -----------------
+
+
+async def test_a_pinned_number_cannot_be_claimed_through_pai(pki: Pki) -> None:
+    """The victim's number is pinned; the attacker puts it in PAI (orig may match PAI)."""
+    store = DictStore()
+    victim = verifier({X5U: Credential((pki.self_cert,))}, store=store)
+    assert (await victim.verify(facts(identity(pki.self_key)))).trust is Trust.TOFU
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certs.make_stir_cert(key, now=NOW - 3600, tns=[ORIG])
+    attacker = verifier({X5U: Credential((cert,))}, store=store)
+    spoofed = facts(
+        identity(key), call_id="c2", from_="<sip:+12025550999@evil.example;user=phone>",
+        pai=f"<sip:+{ORIG}@evil.example;user=phone>",
+    )  # fmt: skip
+    verdict = await attacker.verify(spoofed)
+    assert (verdict.verdict, verdict.code) == ("invalid", 437)
+
+
+class DownStore(DictStore):
+    async def get(self, key: str) -> bytes | None:
+        from stird.services.stores import StoreUnavailable
+
+        raise StoreUnavailable("down")
+
+
+async def test_no_first_use_while_the_pin_store_is_down(pki: Pki) -> None:
+    svc = verifier({X5U: Credential((pki.self_cert,))}, store=DownStore())
+    verdict = await svc.verify(facts(identity(pki.self_key)))
+    assert (verdict.verdict, verdict.code) == ("invalid", 437)
+
+
+async def test_anonymous_msec_callers_are_never_pinned(pki: Pki) -> None:
+    """RFC 8862 §4.2: one-time certificates; a second anonymous caller is not refused."""
+    store = DictStore()
+    for call in range(2):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = certs.make_anonymous_cert(key, now=NOW - 60)
+        svc = verifier({X5U: Credential((cert,))}, store=store)
+        anon = PartyId(IdKind.URI, certs.ANONYMOUS_URI)
+        value = identity(key, orig=anon)
+        verdict = await svc.verify(
+            facts(value, call_id=f"anon-{call}", from_=f"<{certs.ANONYMOUS_URI}>")
+        )
+        assert (verdict.verdict, verdict.trust, verdict.verstat) == (
+            "valid",
+            Trust.TOFU,
+            Verstat.NONE,
+        )
+    assert not any(k.startswith("pin:") for k in store.data)
+
+
+async def test_replay_unchecked_for_want_of_room_is_not_tn_validated(pki: Pki) -> None:
+    replay = MemoryStore(1, clock=lambda: NOW, evict=False)
+    svc = verifier({X5U: Credential((pki.leaf,))}, anchors=(pki.root,), replay_store=replay,
+                   replay_overflow=ReplayOverflow.UNCHECKED)  # fmt: skip
+    first = await svc.verify(facts(shaken(pki.leaf_key), call_id="a"))
+    assert first.verstat is Verstat.PASSED
+    second = await svc.verify(facts(shaken(pki.leaf_key), call_id="b"))
+    assert (second.verdict, second.to_json()["replay"]) == ("valid", "unchecked")
+    assert second.verstat is Verstat.NONE

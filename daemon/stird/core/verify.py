@@ -315,6 +315,12 @@ class Prepared:
         """The ``info`` URIs whose credentials :func:`finish` needs, in order, unique."""
         return tuple(dict.fromkeys(i.header.info for i in self.items if isinstance(i, _Pending)))
 
+    def origs(self, uri: str) -> tuple[PartyId, ...]:
+        """The ``orig`` claims of the pending PASSporTs signed with ``uri``'s credential:
+        the identities a pin or a first use would vouch for."""
+        pending = (i for i in self.items if isinstance(i, _Pending) and i.header.info == uri)
+        return tuple(dict.fromkeys(i.passport.claims.orig for i in pending))
+
 
 def _prepare_header(
     index: int, header: IdentityHeader, sig: _Signalling, policy: VerifyPolicy, now: int

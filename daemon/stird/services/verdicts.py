@@ -59,6 +59,11 @@ class ReplayStatus:
         return "checked" if self.checked else "unchecked"
 
 
+#: Unchecked for want of room or of the store: a valid verdict may then be a replay, so
+#: phones are not told the number was validated ("disabled" and "no-call-id" are the
+#: operator's and the PBX's choice, and keep their verstat).
+_REPLAY_UNKNOWN = frozenset({"store-full", "store-unavailable"})
+
 _VERSTAT = {
     Verdict.VALID: Verstat.PASSED,
     Verdict.INVALID: Verstat.FAILED,
@@ -197,6 +202,8 @@ def to_call_verdict(
     if result.verdict is Verdict.VALID:
         action = Action.CONTINUE
         if result.trust is not Trust.ANCHOR:  # pin/TOFU: continuity, not the number
+            verstat = Verstat.NONE
+        elif replay is not None and replay.reason in _REPLAY_UNKNOWN:  # could be a replay
             verstat = Verstat.NONE
         elif policy.min_attest and result.attest and result.attest > policy.min_attest:
             verstat = Verstat.NONE

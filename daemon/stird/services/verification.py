@@ -19,11 +19,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
+from stird.core.certs import ANONYMOUS_URI
 from stird.core.errors import Check, SipStatus, StirError, bad_request
 from stird.core.passport import Ppt
-from stird.core.tn import party_from_header
+from stird.core.tn import IdKind, PartyId
 from stird.core.verdict import Credential, PassportCheck, SipFacts, Trust, Verdict
-from stird.core.verify import decide, finish, link_diversions, prepare
+from stird.core.verify import Prepared, decide, finish, link_diversions, prepare
 from stird.services.ports import Clock, CredentialProvider, KeyValueStore, system_clock
 from stird.services.stores import StoreFull, StoreUnavailable
 from stird.services.verdicts import (
@@ -37,8 +38,8 @@ from stird.services.verdicts import (
 log = logging.getLogger(__name__)
 
 Lookup = dict[str, Credential | StirError]
-#: TOFU candidates: info URL → (pin key, certificate fingerprint).
-Candidates = dict[str, tuple[str, str]]
+#: TOFU candidates: info URL → the (pin key, certificate fingerprint) pairs to record.
+Candidates = dict[str, list[tuple[str, str]]]
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -119,7 +120,7 @@ class VerificationService:
         limit = min(self.policy.deadline, deadline or self.policy.deadline)
         prepared = prepare(facts, self.policy.verify, now)
         lookup = await self._obtain(prepared.uris, limit)
-        tofu = await self._apply_pins(facts, lookup)
+        tofu = await self._apply_pins(prepared, lookup)
         result = finish(prepared, lookup, self.policy.verify)
         replay: ReplayStatus | None = None
         if result.verdict is Verdict.VALID or result.failed:
@@ -157,14 +158,17 @@ class VerificationService:
                 )
         return lookup
 
-    async def _apply_pins(self, facts: SipFacts, lookup: Lookup) -> Candidates:
+    async def _apply_pins(self, prepared: Prepared, lookup: Lookup) -> Candidates:
         """Mark self-signed credentials trusted by an explicit pin (``PIN``) or on first
-        use for this caller (``TOFU``); the core accepts either for ``msec`` only.
+        use (``TOFU``); the core accepts either for ``msec`` only.
 
-        Returns the TOFU candidates to remember once their PASSporT verifies; a TOFU pin
-        is never recorded for a request that fails, nor for a non-msec PASSporT."""
+        A first use is judged per identity the credential signs for — the PASSporTs'
+        ``orig``, whether it matches From or P-Asserted-Identity — so a pinned number
+        cannot be claimed through another header. Anonymous callers (RFC 8862 §4.2:
+        one-time certificates) are never pinned. When the pin store cannot be read,
+        nothing is trusted on first use (fail closed). Returns the TOFU pins to record
+        once their PASSporT verifies."""
         candidates: Candidates = {}
-        caller = self._caller(facts)
         for url, found in lookup.items():
             if isinstance(found, StirError) or found.trust is not None:
                 continue
@@ -173,32 +177,39 @@ class VerificationService:
             print_ = fingerprint(found.chain[0])
             if print_ in self.policy.pins:
                 lookup[url] = replace(found, trust=Trust.PIN)
-            elif self.policy.tofu and caller is not None:
-                key = "pin:" + _key(caller)
-                known = await self._get(key)
-                if known is None:
-                    candidates[url] = (key, print_)
-                if known is None or known == print_.encode():
+            elif self.policy.tofu:
+                fresh = await self._first_use(prepared.origs(url), print_)
+                if fresh is not None:
                     lookup[url] = replace(found, trust=Trust.TOFU)
+                    candidates[url] = fresh
         return candidates
 
-    def _caller(self, facts: SipFacts) -> str | None:
-        if not facts.from_:
-            return None
-        try:
-            party = party_from_header(facts.from_, default_region=self.policy.verify.default_region)
-        except StirError:
-            return None
-        return f"{party.kind}:{party.value}"
+    async def _first_use(
+        self, origs: tuple[PartyId, ...], print_: str
+    ) -> list[tuple[str, str]] | None:
+        """The pins to record when ``print_`` may be trusted on first use for every one
+        of ``origs`` (known pins must match); None when it may not."""
+        fresh: list[tuple[str, str]] = []
+        for orig in origs:
+            if orig.kind is IdKind.URI and orig.value.lower() == ANONYMOUS_URI:
+                continue  # one-time credentials: nothing to be continuous with
+            key = "pin:" + _key(f"{orig.kind}:{orig.value}")
+            try:
+                known = await self._store.get(key)
+            except StoreUnavailable:
+                return None
+            if known is None:
+                fresh.append((key, print_))
+            elif known != print_.encode():
+                return None
+        return fresh if origs else None
 
     async def _remember(self, tofu: Candidates, checks: tuple[PassportCheck, ...]) -> None:
         """Pin the credential of each valid msec PASSporT that was trusted on first use."""
         for check in checks:
             if not (check.valid and check.ppt == Ppt.MSEC and check.trust is Trust.TOFU):
                 continue
-            found = tofu.get(check.info or "")
-            if found is not None:
-                key, print_ = found
+            for key, print_ in tofu.get(check.info or "", ()):
                 await self._add(self._store, key, print_.encode(), 365 * 86400.0)
 
     async def _refuse_replays(
@@ -275,12 +286,6 @@ class VerificationService:
                 check=Check.CAPACITY,
             )
         return ReplayStatus(False, reason)
-
-    async def _get(self, key: str) -> bytes | None:
-        try:
-            return await self._store.get(key)
-        except StoreUnavailable:
-            return None
 
     @staticmethod
     async def _add(store: KeyValueStore, key: str, value: bytes, ttl: float) -> bool:
