@@ -565,8 +565,8 @@ class Bench:
     # 7. CPS
 
     def cps(self) -> Any:
-        if not (ROOT / "daemon/stird/cps_app.py").exists():
-            raise Unavailable("daemon/stird/cps_app.py (the standalone CPS) is missing")
+        if not (ROOT / "daemon/stird/wiring/cps_app.py").exists():
+            raise Unavailable("daemon/stird/wiring/cps_app.py (the standalone CPS) is missing")
         out: dict[str, Any] = {
             "generator": "Python asyncio, 16 connections, each from its "
             "own 127.x.y.z (flood caps count per client address)"
@@ -841,7 +841,7 @@ def main() -> int:
         print("bench: needs 2 cores (server core 0, load core 1)", file=sys.stderr)
         return 2
     if args.asyncio_loop:
-        os.environ["STIRD_EVENT_LOOP"] = "asyncio"  # read by stird.eventloop
+        os.environ["STIRD_EVENT_LOOP"] = "asyncio"  # read by stird.wiring.eventloop
     elif _version("uvloop") is None:
         print("bench: uvloop is not importable (a stird dependency)", file=sys.stderr)
         return 2

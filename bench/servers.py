@@ -3,7 +3,7 @@
 ``python bench/servers.py stird [--uvloop] -- ARGS``  — ``stird ARGS`` (e.g. ``serve ...``),
     optionally on uvloop (only if importable: stird does not depend on it);
 ``python bench/servers.py cps --listen H:P --state-dir D [--redis URL] [--config F]`` —
-    the standalone CPS (``stird.cps_app``), memory or Redis backend;
+    the standalone CPS (``stird.wiring.cps_app``), memory or Redis backend;
 ``python bench/servers.py floor --listen H:P [--uvloop]`` — a bare aiohttp app answering
     ``POST /floor`` with a small JSON document: the HTTP framework's own ceiling on one
     core, the floor under any stird figure.
@@ -61,12 +61,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.what == "stird":
         _uvloop(args.uvloop)
-        from stird.cli import main as stird_main  # noqa: PLC0415
+        from stird.wiring.cli import main as stird_main  # noqa: PLC0415
 
         rest = args.args[1:] if args.args[:1] == ["--"] else args.args
         return stird_main(rest)
     if args.what == "cps":
-        from stird.cps_app import cps_main  # noqa: PLC0415
+        from stird.wiring.cps_app import cps_main  # noqa: PLC0415
 
         return cps_main(args.config, args.listen, args.state_dir, args.redis)
     _uvloop(args.uvloop)

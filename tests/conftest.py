@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stird.cli import main
+from stird.wiring.cli import main
 
 #: Fixture modules shared across the test tree.
 pytest_plugins = ["tests.fixtures_redis", "tests.tlspki"]

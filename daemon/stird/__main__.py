@@ -2,6 +2,6 @@
 
 import sys
 
-from stird.cli import main
+from stird.wiring.cli import main
 
 sys.exit(main())

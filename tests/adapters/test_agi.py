@@ -31,8 +31,8 @@ from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.metrics import Metrics
 from stird.adapters.overload import LoadShedder
 from stird.adapters.store_memory import MemoryStore
-from stird.app import build_runtime
-from stird.config import Config
+from stird.wiring.app import build_runtime
+from stird.wiring.config import Config
 from tests.asterisk_fakes import (
     USAGE_1,
     USAGE_2,

@@ -24,14 +24,14 @@ from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.cps_server import add_cps_routes, build_cps_app, client_key
 from stird.adapters.store_memory import MemoryStore
-from stird.config import Config
 from stird.core import certs, cps, oob, oobkeys
 from stird.core.oob import DecryptionKey, OobSuite
 from stird.core.oobkeys import PublicationPolicy
-from stird.cps_app import build_cps, run_cps
 from stird.services.cps import CpsPolicy, CpsService
 from stird.services.keydir import KeyDirectory
 from stird.services.ports import CpsCaps, CpsStore
+from stird.wiring.config import Config
+from stird.wiring.cps_app import build_cps, run_cps
 from tests.core.vectors import RFC8225_TOKEN
 
 TN, TN2 = "12025550101", "12025550102"
@@ -312,7 +312,7 @@ async def test_embedded_default_cps_closes_the_loop(tmp_path: Path) -> None:
 
 
 def test_cps_main_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from stird.cps_app import cps_main
+    from stird.wiring.cps_app import cps_main
 
     assert cps_main(None, "not-a-hostport", str(tmp_path), None) == 2
     assert "HOST:PORT" in capsys.readouterr().err

@@ -221,7 +221,7 @@ def test_datagram_calls_on_the_daemons_event_loop(
     """On uvloop (what `stird serve` runs), where loop.sock_sendto/sock_recvfrom raise
     NotImplementedError: the client uses only add_reader and plain non-blocking calls.
     The fake Kamailio here does the same."""
-    from stird import eventloop
+    from stird.wiring import eventloop
 
     monkeypatch.delenv("STIRD_EVENT_LOOP", raising=False)
     factory = eventloop.loop_factory()

@@ -15,12 +15,12 @@ from typing import Any
 
 import aiohttp
 
-from stird.app import Daemon, load_credential
-from stird.config import Config, HostPort
 from stird.core.passport import Ppt
 from stird.core.tn import parse_cli_id
 from stird.services.authentication import AuthenticationService, SignInput, SignPolicy
 from stird.services.ports import Clock, system_clock
+from stird.wiring.app import Daemon, load_credential
+from stird.wiring.config import Config, HostPort
 
 CALLER, CALLEE = "+12025550100", "+12025550101"
 #: what every request may add to its own bound before it counts as a hang

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from stird.adapters.ami import AmiClient, AmiSettings, Outcome
-from stird.config import AsteriskConfig
+from stird.wiring.config import AsteriskConfig
 from tests.asterisk_fakes import FakeAmi, channel_fields, event
 from tests.faults.helpers import get_text, running, server_config, within
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stird.config import VerifyConfig
+from stird.wiring.config import VerifyConfig
 from tests.conftest import Signer
 from tests.faults.helpers import (
     CALLEE,

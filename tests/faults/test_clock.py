@@ -154,9 +154,9 @@ async def test_msec_dialog_window_ignores_wall_clock_steps(monkeypatch: pytest.M
     import time
 
     from stird.adapters.metrics import Metrics
-    from stird.config import DialogConfig
-    from stird.dialog_app import build_dialogs
     from stird.services.dialogs import DialogHandle
+    from stird.wiring.config import DialogConfig
+    from stird.wiring.dialog_app import build_dialogs
 
     parts = build_dialogs(DialogConfig(policy="mandatory", window=5.0), Metrics())
     policy = parts.api.policy

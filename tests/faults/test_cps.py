@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stird.config import OobConfig, VerifyConfig
+from stird.wiring.config import OobConfig, VerifyConfig
 from tests.faults.helpers import (
     CALLEE,
     CALLER,
@@ -76,7 +76,7 @@ async def test_publish_resumes_when_the_cps_comes_back(tmp_path: Path) -> None:
     """Down, then a CPS appears on the same port: the next publication is stored."""
     from aiohttp import web
 
-    from stird.cps_app import build_cps
+    from stird.wiring.cps_app import build_cps
 
     port = free_port()
     oob = OobConfig(cps=f"http://127.0.0.1:{port}", timeout=TIMEOUT, **LAB)  # type: ignore[arg-type]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from stird.app import Daemon
-from stird.config import AsteriskConfig, HostPort
+from stird.wiring.app import Daemon
+from stird.wiring.config import AsteriskConfig, HostPort
 from tests.asterisk_fakes import FakeChannel, agi_parse, env_chunks, inbound_env, run_agi
 from tests.faults.helpers import free_port, running, server_config, within
 from tests.kamailio.harness import Stird, free_ports, wait_until

@@ -20,12 +20,12 @@ import pytest
 from stird.adapters.metrics import Metrics
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
-from stird.app import Built, build_runtime
-from stird.config import StoreConfig
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import SipFacts
 from stird.services.authentication import SignInput
 from stird.services.stores import FallbackStore
+from stird.wiring.app import Built, build_runtime
+from stird.wiring.config import StoreConfig
 from tests.faults.helpers import CALLEE, CALLER, get_text, post, running, server_config, within
 from tests.fixtures_redis import _stop, _wait_ready, free_port, redis_server
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from stird.adapters import keyfiles
-from stird.app import ensure_dev_credential
+from stird.wiring.app import ensure_dev_credential
 from tests.faults.helpers import CALLEE, CALLER, post, running, server_config, verify_body
 
 STIRD = Path(sys.executable).parent / "stird"
@@ -162,7 +162,7 @@ def test_half_written_encryption_key_pair_is_completed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stird.adapters import enckeys
-    from stird.cps_app import ensure_dev_enc_key
+    from stird.wiring.cps_app import ensure_dev_enc_key
 
     real = keyfiles.write_public_file
 

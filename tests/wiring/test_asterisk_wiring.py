@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stird.app import Daemon
-from stird.asterisk import ami_secret, ami_settings
-from stird.config import AsteriskConfig, Config, ConfigError, HostPort, parse_config
+from stird.wiring.app import Daemon
+from stird.wiring.asterisk import ami_secret, ami_settings
+from stird.wiring.config import AsteriskConfig, Config, ConfigError, HostPort, parse_config
 from tests.asterisk_fakes import FakeAmi, FakeChannel, inbound_env, run_agi
 
 

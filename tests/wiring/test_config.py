@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from stird.config import Config, ConfigError, HostPort, load_config, parse_config, with_overrides
+from stird.wiring.config import (
+    Config,
+    ConfigError,
+    HostPort,
+    load_config,
+    parse_config,
+    with_overrides,
+)
 
 GOOD = """
 log_level = "debug"

@@ -7,8 +7,8 @@ import tomllib
 import pytest
 
 from stird.adapters.connpolicy import ConnectionPolicy
-from stird.config import ConfigError, parse_config
-from stird.cps_app import connection_policy
+from stird.wiring.config import ConfigError, parse_config
+from stird.wiring.cps_app import connection_policy
 
 
 def test_defaults_are_the_policy_defaults() -> None:

@@ -15,9 +15,9 @@ import pytest
 
 from stird.adapters.netstring import NetstringDecoder, encode
 from stird.adapters.sdnotify import SystemdNotifier
-from stird.app import Daemon
-from stird.config import Config, HostPort, VerifyConfig
 from stird.core.sipdate import format_sip_date
+from stird.wiring.app import Daemon
+from stird.wiring.config import Config, HostPort, VerifyConfig
 from tests.listen_check import queued_connections
 
 FP = "4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:3E:4B:65:2E:7D:46:3F:54:42:CD:54:F1"
@@ -340,7 +340,7 @@ async def test_any_reload_failure_keeps_serving_and_answers_ready(
 
 
 async def test_kamailio_health_in_healthz(tmp_path: Path) -> None:
-    from stird.config import KamailioConfig
+    from stird.wiring.config import KamailioConfig
 
     cfg = replace(
         config(tmp_path),

@@ -17,8 +17,15 @@ import pytest
 from aiohttp import web
 
 from stird.adapters.netstring import NetstringDecoder, encode
-from stird.app import Daemon
-from stird.config import Config, ConfigError, DialogConfig, HostPort, KamailioConfig, parse_config
+from stird.wiring.app import Daemon
+from stird.wiring.config import (
+    Config,
+    ConfigError,
+    DialogConfig,
+    HostPort,
+    KamailioConfig,
+    parse_config,
+)
 
 OFFER_FP = "4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:3E:4B:65:2E:7D:46:3F:54:42:CD:54:F1"
 ANSWER_FP = "11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00"

@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stird.app import Daemon
-from stird.config import Config, ConfigError, HostPort, ServerConfig
-from stird.exposure import MIN_TOKEN, check_exposure, is_loopback, load_token
+from stird.wiring.app import Daemon
+from stird.wiring.config import Config, ConfigError, HostPort, ServerConfig
+from stird.wiring.exposure import MIN_TOKEN, check_exposure, is_loopback, load_token
 
 LOOP = HostPort("127.0.0.1", 0)
 WIDE = HostPort("0.0.0.0", 0)
@@ -150,7 +150,7 @@ async def test_health_and_certificates_stay_open(guarded: str, path: str, status
 
 
 def test_serve_refuses_an_unprotected_wide_listener(tmp_path: Path) -> None:
-    from stird.cli import main
+    from stird.wiring.cli import main
 
     config = tmp_path / "stird.toml"
     config.write_text('[server]\nhttp = "0.0.0.0:0"\njsonrpc = "off"\nagi = "off"\n')

@@ -26,12 +26,12 @@ from stird.adapters import enckeys, keyfiles
 from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_server import build_cps_app
 from stird.adapters.store_memory import MemoryStore
-from stird.app import Daemon, ensure_dev_credential
-from stird.config import Config, ConfigError, HostPort, OobConfig, VerifyConfig, parse_config
 from stird.core.oobkeys import PublicationPolicy
-from stird.cps_app import build_cps, ensure_dev_enc_key, run_cps
 from stird.services.cps import CpsService
 from stird.services.keydir import KeyDirectory
+from stird.wiring.app import Daemon, ensure_dev_credential
+from stird.wiring.config import Config, ConfigError, HostPort, OobConfig, VerifyConfig, parse_config
+from stird.wiring.cps_app import build_cps, ensure_dev_enc_key, run_cps
 from tests.asterisk_fakes import FakeChannel, inbound_env, run_agi
 from tests.atis_fake import FakeAtisCps
 from tests.conftest import Cli

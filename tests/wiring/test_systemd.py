@@ -26,7 +26,7 @@ import pytest
 
 from stird.adapters import keyfiles
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
-from stird.config import ServerConfig
+from stird.wiring.config import ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"

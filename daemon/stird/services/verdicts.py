@@ -201,9 +201,9 @@ def to_call_verdict(
     reasons = _stir_reasons(result)
     if result.verdict is Verdict.VALID:
         action = Action.CONTINUE
-        if result.trust is not Trust.ANCHOR:  # pin/TOFU: continuity, not the number
-            verstat = Verstat.NONE
-        elif replay is not None and replay.reason in _REPLAY_UNKNOWN:  # could be a replay
+        # pin/TOFU prove continuity, not the number; an unrecorded PASSporT may be a replay
+        not_anchored = result.trust is not Trust.ANCHOR
+        if not_anchored or (replay is not None and replay.reason in _REPLAY_UNKNOWN):
             verstat = Verstat.NONE
         elif policy.min_attest and result.attest and result.attest > policy.min_attest:
             verstat = Verstat.NONE

@@ -36,13 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stird import eventloop
 from stird.adapters import enckeys
 from stird.adapters import keyfiles as keys
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
 from stird.adapters.store_memory import MemoryStore
-from stird.cli_args import build_parser
-from stird.config import Config, ConfigError, config_path, load_config, with_overrides
 from stird.core import certs
 from stird.core.errors import StirError
 from stird.core.identity import parse_identity
@@ -51,12 +48,15 @@ from stird.core.sign import SignRequest, sign_request
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, SipFacts, Trust, VerifyPolicy
 from stird.core.verify import credential_uris
-from stird.exposure import check_exposure, load_token
 from stird.services.certcache import CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import CredentialProvider
 from stird.services.verdicts import CallVerdict, ServicePolicy
 from stird.services.verification import VerificationService
+from stird.wiring import eventloop
+from stird.wiring.cli_args import build_parser
+from stird.wiring.config import Config, ConfigError, config_path, load_config, with_overrides
+from stird.wiring.exposure import check_exposure, load_token
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE: `stird verify ... | head`
@@ -249,7 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     _serve_logging(args.log_level or config.log_level, args.log_file)
-    from stird.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
+    from stird.wiring.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
 
     pid_file = Path(args.pid_file) if args.pid_file else None
     try:
@@ -355,7 +355,7 @@ def cmd_cps(args: argparse.Namespace) -> int:
         level=getattr(logging, (args.log_level or "info").upper()),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from stird.cps_app import cps_main  # noqa: PLC0415 - the offline tools need none of it
+    from stird.wiring.cps_app import cps_main  # noqa: PLC0415 - the offline tools need none of it
 
     state = args.state_dir or os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     return cps_main(args.config, args.listen, state or "/var/lib/stird-cps", args.redis)

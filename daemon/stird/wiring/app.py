@@ -30,17 +30,10 @@ from stird.adapters.sockets import LISTEN_BACKLOG, listen
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.adapters.supervisor import Supervisor
-from stird.asterisk import start_asterisk
-from stird.builders import fetcher_for, trust_anchors
-from stird.config import Config, ConfigError
 from stird.core import certs
 from stird.core.passport import Ppt
 from stird.core.tn import parse_cli_id
 from stird.core.verdict import Credential, Trust, VerifyPolicy
-from stird.cps_app import CpsParts, connection_policy
-from stird.dialog_app import build_dialogs
-from stird.exposure import load_token, warn_if_insecure
-from stird.oob_app import build_oob, mount_cps, own_url
 from stird.services.authentication import (
     AuthenticationService,
     SigningCredential,
@@ -53,6 +46,13 @@ from stird.services.ports import KeyValueStore
 from stird.services.stores import FallbackStore
 from stird.services.verdicts import OnFailure, ReplayOverflow, Role, ServicePolicy
 from stird.services.verification import ReplayStats, VerificationService
+from stird.wiring.asterisk import start_asterisk
+from stird.wiring.builders import fetcher_for, trust_anchors
+from stird.wiring.config import Config, ConfigError
+from stird.wiring.cps_app import CpsParts, connection_policy
+from stird.wiring.dialog_app import build_dialogs
+from stird.wiring.exposure import load_token, warn_if_insecure
+from stird.wiring.oob_app import build_oob, mount_cps, own_url
 
 log = logging.getLogger("stird")
 DEV_NAME = "dev"

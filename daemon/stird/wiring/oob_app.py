@@ -30,12 +30,12 @@ from stird.adapters.cps_client import (
 )
 from stird.adapters.cps_server import add_cps_routes
 from stird.adapters.overload import LoadShedder
-from stird.config import Config, ConfigError
 from stird.core.oob import DecryptionKey
-from stird.cps_app import CpsParts, build_cps, ensure_dev_enc_key
 from stird.services.authentication import SigningCredential
 from stird.services.oob import CpsProfile, OobPolicy, OobPublisher, OobRetriever, RetrievePolicy
 from stird.services.oobverify import OobVerification
+from stird.wiring.config import Config, ConfigError
+from stird.wiring.cps_app import CpsParts, build_cps, ensure_dev_enc_key
 
 log = logging.getLogger("stird.oob")
 _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapped away, not bound

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from stird import eventloop
 from stird.adapters import enckeys, keyfiles
 from stird.adapters.connpolicy import ConnectionPolicy, Listeners, raise_fd_limit
 from stird.adapters.cps_memory import MemoryCpsStore
@@ -31,14 +30,15 @@ from stird.adapters.sdnotify import SystemdNotifier
 from stird.adapters.sockets import LISTEN_BACKLOG, listen
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
-from stird.builders import fetcher_for, trust_anchors
-from stird.config import Config, ConfigError, ServerConfig, load_config, parse_hostport
 from stird.core.oob import RecipientKey
 from stird.core.oobkeys import PublicationPolicy
 from stird.services.certcache import CertificateCache
 from stird.services.cps import CpsPolicy, CpsService
 from stird.services.keydir import KeyDirectory
 from stird.services.ports import CpsStore, KeyValueStore
+from stird.wiring import eventloop
+from stird.wiring.builders import fetcher_for, trust_anchors
+from stird.wiring.config import Config, ConfigError, ServerConfig, load_config, parse_hostport
 
 log = logging.getLogger("stird.cps")
 DEV_NAME = "dev"  # the folder stird serve keeps its development credential in

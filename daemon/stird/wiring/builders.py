@@ -9,7 +9,7 @@ from cryptography import x509
 
 from stird.adapters import keyfiles
 from stird.adapters.certfetch import FetchPolicy, HttpCertificateFetcher
-from stird.config import Config
+from stird.wiring.config import Config
 
 
 def trust_anchors(config: Config) -> tuple[x509.Certificate, ...]:

@@ -19,8 +19,8 @@ from stird.adapters.dialog_enders import AsteriskEnder, DeferredEnder, KamailioE
 from stird.adapters.kamailio_rpc import KamailioRpc
 from stird.adapters.metrics import Metrics
 from stird.adapters.supervisor import Supervisor
-from stird.config import DialogConfig
 from stird.services.dialogs import DialogPolicy, MsecPolicy, Outcome
+from stird.wiring.config import DialogConfig
 
 log = logging.getLogger("stird")
 

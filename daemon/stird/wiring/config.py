@@ -272,7 +272,7 @@ class ServerConfig:
     state_dir: Path = setting(DEFAULT_STATE_DIR, path)
     public_url: str | None = setting(None, http_url)  # how others reach GET /certs/ (default: HTTP)
     max_body: int = setting(256 * 1024, number(integer=True, above=True))
-    token_file: Path | None = setting(None, path)  # bearer token for the HTTP API (stird.exposure)
+    token_file: Path | None = setting(None, path)  # bearer token for the HTTP API (exposure)
     insecure_expose: bool = setting(False, boolean)  # allow unprotected listeners off loopback
     max_loop_lag: float = setting(
         0.25, seconds

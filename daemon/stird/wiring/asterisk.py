@@ -13,7 +13,7 @@ from stird.adapters.api import StirApi
 from stird.adapters.connpolicy import Listeners
 from stird.adapters.dtls import DtlsCertificates
 from stird.adapters.metrics import Metrics
-from stird.config import AsteriskConfig, Config, ConfigError
+from stird.wiring.config import AsteriskConfig, Config, ConfigError
 
 log = logging.getLogger("stird")
 

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from stird.adapters import keyfiles
-from stird.config import ConfigError, HostPort, ServerConfig
+from stird.wiring.config import ConfigError, HostPort, ServerConfig
 
 log = logging.getLogger("stird")
 MIN_TOKEN = 16  # characters: at least 96 bits from a base64 generator
