@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
+from stird.adapters.store_shm import ShmStore
 from stird.services.ports import KeyValueStore
 from stird.services.stores import StoreUnavailable
 from tests.fixtures_redis import free_port
@@ -34,15 +36,20 @@ class Kit:
     advance: Callable[[float], Awaitable[None]]  # let this many seconds pass
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def kit(request: pytest.FixtureRequest) -> AsyncIterator[Kit]:
-    if request.param == "memory":
+@pytest.fixture(params=["memory", "shm", "redis"])
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    if request.param in ("memory", "shm"):
         clock = FakeClock()
 
         async def tick(seconds: float) -> None:
             clock.now += seconds
 
-        yield Kit(MemoryStore(clock=clock), tick)
+        if request.param == "memory":
+            yield Kit(MemoryStore(clock=clock), tick)
+            return
+        shm = ShmStore.create(tmp_path / "kv", 1000, value_size=2048, clock=clock)
+        yield Kit(shm, tick)
+        shm.close()
     else:
         url: str = request.getfixturevalue("redis_url")
         async with RedisStore(url, prefix=f"kit:{uuid.uuid4().hex}:", timeout=2.0) as store:
