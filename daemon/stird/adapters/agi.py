@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -171,7 +172,9 @@ class AgiServer:
     def active(self) -> int:
         return self._app.active if self._app is not None else 0
 
-    async def start(self, host: str = "127.0.0.1", port: int = 4573) -> tuple[str, int]:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 4573, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
         limit = self.call_timeout + 6 * self.timeout
         self._app = AgiApplication(
             timeout=self.timeout,
@@ -183,8 +186,9 @@ class AgiServer:
         for script, route in self._routes.items():
             self._app.add_route(script, self._session(route))
         self._server = await asyncio.start_server(
-            self._admit, host, port, limit=MAX_LINE, backlog=LISTEN_BACKLOG
-        )
+            self._admit, None if sock else host, None if sock else port, sock=sock,
+            limit=MAX_LINE, backlog=LISTEN_BACKLOG,
+        )  # fmt: skip
         sockname = self._server.sockets[0].getsockname()
         address = (str(sockname[0]), int(sockname[1]))
         self.health["address"] = f"{address[0]}:{address[1]}"

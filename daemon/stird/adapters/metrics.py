@@ -1,11 +1,28 @@
-"""Prometheus metrics (prometheus-client), one registry per daemon instance."""
+"""Prometheus metrics (prometheus-client), one registry per daemon instance.
+
+With several worker processes (``[server] workers``), every worker writes its metrics to
+files in one directory (prometheus-client's multiprocess mode, :func:`enable_multiprocess`)
+and ``/metrics`` on any worker renders all of them: counters and histograms summed over
+the workers (the dead ones included: their files stay), gauges of prometheus-client
+objects (connections, loop lag) one series per worker with a ``pid`` label. The custom
+collectors (certificate cache, replay checks, store fallbacks, AMI) read this process's
+objects, which multiprocess mode cannot see: :meth:`Metrics.sync` copies their samples
+into multiprocess metrics of the same names (counters as increments, so summed over the
+workers; gauges as ``livesum``), every second and before each render.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from stird.services.certcache import CacheStats
@@ -70,12 +87,88 @@ class _ReplayCollector(Collector):
 
 
 _MAX_CHILDREN = 1024
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(directory: Path) -> None:
+    """From now on, every metric this process creates keeps its value in a file under
+    ``directory`` (call in each worker before building :class:`Metrics`)."""
+    os.environ[_MULTIPROC_ENV] = str(directory)
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def forget_process(directory: Path, pid: int) -> None:
+    """A worker died: drop its gauges (its counters and histograms still count)."""
+    for mode in ("all", "liveall", "livesum", "livemax", "livemin", "livemostrecent"):
+        (directory / f"gauge_{mode}_{pid}.db").unlink(missing_ok=True)
+
+
+class _Mirror:
+    """Custom collectors' samples copied into multiprocess metrics of the same names."""
+
+    def __init__(self) -> None:
+        self.collectors: list[Collector] = []
+        self._metrics: dict[str, Counter | Gauge] = {}
+        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def sync(self) -> None:
+        for collector in self.collectors:
+            for family in collector.collect():
+                if family.type in ("counter", "gauge"):
+                    self._copy(family)
+
+    def _copy(self, family: Metric) -> None:
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            names = tuple(sorted(sample.labels))
+            metric = self._metric(family, names)
+            values = tuple(sample.labels[n] for n in names)
+            child = metric.labels(*values) if names else metric
+            if isinstance(child, Gauge):
+                child.set(sample.value)
+                continue
+            key = (sample.name, values)
+            last = self._last.get(key, 0.0)
+            # a counter that went down was replaced (a reload): it counts from zero again
+            delta = sample.value - last if sample.value >= last else sample.value
+            self._last[key] = sample.value
+            if delta > 0:
+                child.inc(delta)
+
+    def _metric(self, family: Metric, labels: tuple[str, ...]) -> Counter | Gauge:
+        metric = self._metrics.get(family.name)
+        if metric is None:
+            if family.type == "counter":
+                metric = Counter(family.name, family.documentation, labels, registry=None)
+            else:
+                metric = Gauge(family.name, family.documentation, labels, registry=None,
+                               multiprocess_mode="livesum")  # fmt: skip
+            self._metrics[family.name] = metric
+        return metric
+
+
+class _Registry(CollectorRegistry):
+    """A registry that, in multiprocess mode, also hands custom collectors to the mirror."""
+
+    def __init__(self, mirror: _Mirror | None) -> None:
+        super().__init__()
+        self._mirror = mirror
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        if self._mirror is not None and not isinstance(collector, MetricWrapperBase):
+            self._mirror.collectors.append(collector)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: Path | None = None) -> None:
+        """``multiprocess_dir``: this process is one of several workers whose metrics live
+        there (:func:`enable_multiprocess` was called); ``render`` shows them all."""
         self._children: dict[tuple[str, str, int | None, str], tuple[Counter, Histogram]] = {}
-        self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
+        self._mirror = _Mirror() if multiprocess_dir is not None else None
+        self.registry: CollectorRegistry = _Registry(self._mirror)
         self.requests = Counter(
             "stird_requests",
             "Sign and verify requests by outcome",
@@ -131,5 +224,21 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def sync(self) -> None:
+        """Multiprocess mode: publish this worker's custom collectors (no-op otherwise)."""
+        if self._mirror is not None:
+            self._mirror.sync()
+
+    async def run_sync(self, period: float = 1.0) -> None:
+        """Publish every ``period`` seconds until cancelled (a supervised task)."""
+        while True:
+            self.sync()
+            await asyncio.sleep(period)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        self.sync()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

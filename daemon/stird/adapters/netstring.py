@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -119,11 +120,15 @@ class NetstringServer:
     def open_connections(self) -> int:
         return len(self._tracker)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Listen on ``host``:``port``, or on ``sock`` (bound by a supervisor) if given."""
         self._server = await asyncio.start_server(
             self._serve,
-            host,
-            port,
+            None if sock else host,
+            None if sock else port,
+            sock=sock,
             limit=self._listeners.policy.read_chunk,
             backlog=LISTEN_BACKLOG,
         )

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -22,13 +25,14 @@ from stird.adapters.cps_client import HttpCpsClient
 from stird.adapters.http_api import PolicedSite, build_app
 from stird.adapters.jsonrpc import Dispatcher
 from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget, probe
-from stird.adapters.metrics import Metrics
+from stird.adapters.metrics import Metrics, enable_multiprocess
 from stird.adapters.netstring import NetstringServer
 from stird.adapters.overload import LoadShedder
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.sockets import LISTEN_BACKLOG, listen
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
+from stird.adapters.store_shm import ShmStore
 from stird.adapters.supervisor import Supervisor
 from stird.core import certs
 from stird.core.passport import Ppt
@@ -183,10 +187,13 @@ def replay_capacity(config: Config) -> int:
     return int(v.replay_peak_rate) * (int(v.max_age) + max(int(v.max_skew), 0) + 1)
 
 
-def replay_store_for(config: Config, store: KeyValueStore | None = None) -> KeyValueStore:
-    """The replay cache: a local store that never evicts a live entry (full → StoreFull),
-    behind the shared Redis store when ``store`` has one."""
-    local = MemoryStore(replay_capacity(config), evict=False)
+def replay_store_for(
+    config: Config, store: KeyValueStore | None = None, local: KeyValueStore | None = None
+) -> KeyValueStore:
+    """The replay cache: a local store that never evicts a live entry (full → StoreFull;
+    ``local``: the workers' shared table), behind the shared Redis store when ``store``
+    has one."""
+    local = local or MemoryStore(replay_capacity(config), evict=False)
     return store.beside(local) if isinstance(store, FallbackStore) else local
 
 
@@ -226,24 +233,47 @@ def build_runtime(
     return Built(runtime, fetcher, cache, cps_client)
 
 
+@dataclass(frozen=True)
+class WorkerShare:
+    """What the supervisor (stird.wiring.workers) hands each worker process: the listening
+    sockets it bound, and the shared-memory tables (stird.adapters.store_shm) and metrics
+    directory of all the workers."""
+
+    http: socket.socket
+    jsonrpc: socket.socket | None
+    agi: socket.socket | None
+    replay: Path  # the replay cache (never evicts a live entry)
+    pins: Path  # TOFU pins (evicting, like the single process's MemoryStore)
+    metrics_dir: Path
+
+    @property
+    def header(self) -> tuple[str, str]:
+        """Which worker answered (an HTTP response header)."""
+        return "Stird-Worker", str(os.getpid())
+
+
 @dataclass
 class Daemon:
     config: Config
     metrics: Metrics = field(default_factory=Metrics)
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
     restart_backoff: float = 0.5  # s before a failed background task's first restart
+    share: WorkerShare | None = None  # one worker of several (stird.wiring.workers)
 
     async def start(self) -> None:
         server = self.config.server
+        share = self.share
         server.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        http_sock = listen(server.http.host, server.http.port)
+        http_sock = share.http if share else listen(server.http.host, server.http.port)
         policy = connection_policy(server)
         raise_fd_limit(1 + (server.jsonrpc is not None) + (server.agi is not None), policy)
         self.listeners = Listeners.build(policy, registry=self.metrics.registry)
         self.http_address: tuple[str, int] = http_sock.getsockname()[:2]
         self.base_url = _public_url(self.config, self.http_address)
         self.store = self._store()
-        self.replay_store = replay_store_for(self.config, self.store)
+        self.replay_store = replay_store_for(
+            self.config, self.store, ShmStore.attach(share.replay) if share else None
+        )
         self.replay_stats = ReplayStats()  # one series across reloads
         if isinstance(self.store, FallbackStore):
             fallback = self.store
@@ -263,6 +293,8 @@ class Daemon:
         token = load_token(server.token_file) if server.token_file is not None else None
         warn_if_insecure(server)
         app = build_app(self.api, max_body=server.max_body, token=token)
+        if share is not None:
+            app.on_response_prepare.append(_worker_header(share))
         self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir, self.shedder)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -273,9 +305,10 @@ class Daemon:
                 Dispatcher(self.api.methods()).handle, listeners=self.listeners
             )
             self.jsonrpc_address = await self._netstring.start(
-                server.jsonrpc.host, server.jsonrpc.port
+                server.jsonrpc.host, server.jsonrpc.port, sock=share.jsonrpc if share else None
             )
-        self.asterisk = await start_asterisk(self.config, self.api, self.metrics, self.listeners)
+        self.asterisk = await start_asterisk(self.config, self.api, self.metrics, self.listeners,
+                                             agi_sock=share.agi if share else None)  # fmt: skip
         self.kamailio = self._kamailio()
         self.dialogs.start(self.kamailio, self.asterisk.ami, self.supervisor)  # ends dialogs
         self.agi_address = self.asterisk.agi_address
@@ -283,6 +316,8 @@ class Daemon:
         http = self.listeners.tracker("http")
         await PolicedSite(self._runner, http_sock, http, backlog=LISTEN_BACKLOG).start()
         self.supervisor.supervise("loop-lag", self.shedder.run)
+        if self.metrics.multiprocess_dir is not None:
+            self.supervisor.supervise("metrics-sync", self.metrics.run_sync)
         self._announce()
 
     def _count_restart(self, task: str) -> None:
@@ -313,7 +348,7 @@ class Daemon:
         return rpc
 
     def _store(self) -> KeyValueStore:
-        local = MemoryStore()
+        local = ShmStore.attach(self.share.pins) if self.share else MemoryStore()
         if not self.config.store.redis:
             return local
         return FallbackStore(RedisStore(self.config.store.redis), local)
@@ -404,9 +439,25 @@ def _close_later(built: Built) -> None:
     task.add_done_callback(_CLOSING.discard)
 
 
-async def serve(config: Config, load: Callable[[], Config] | None = None) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads through ``load()``."""
-    daemon = Daemon(config)
+def _worker_header(share: WorkerShare) -> Callable[[web.Request, web.StreamResponse], Any]:
+    name, value = share.header
+
+    async def add(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers[name] = value
+
+    return add
+
+
+async def serve(
+    config: Config, load: Callable[[], Config] | None = None, share: WorkerShare | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads through ``load()``. ``share``: this
+    process is one worker of several (stird.wiring.workers)."""
+    if share is not None:
+        enable_multiprocess(share.metrics_dir)
+        daemon = Daemon(config, metrics=Metrics(share.metrics_dir), share=share)
+    else:
+        daemon = Daemon(config)
     await daemon.start()
     gc.freeze()  # what start-up built lives for good: keep it out of every gen-2 walk
     loop = asyncio.get_running_loop()
@@ -430,4 +481,4 @@ async def serve(config: Config, load: Callable[[], Config] | None = None) -> Non
     await daemon.stop()
 
 
-__all__ = ["Daemon", "build_runtime", "ensure_dev_credential", "serve"]
+__all__ = ["Daemon", "WorkerShare", "build_runtime", "ensure_dev_credential", "serve"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 from stird.adapters import keyfiles
@@ -57,9 +58,14 @@ def ami_settings(config: AsteriskConfig) -> AmiSettings:
 
 
 async def start_asterisk(
-    config: Config, api: StirApi, metrics: Metrics, listeners: Listeners | None = None
+    config: Config,
+    api: StirApi,
+    metrics: Metrics,
+    listeners: Listeners | None = None,
+    agi_sock: socket.socket | None = None,
 ) -> AsteriskLink:
-    """Start what the configuration asks for; their state goes into ``api.health``."""
+    """Start what the configuration asks for; their state goes into ``api.health``.
+    ``agi_sock``: the FastAGI listening socket, when a supervisor bound it."""
     link = AsteriskLink()
     ast = config.asterisk
     settings = ami_settings(ast) if ast.ami_enabled else None  # ConfigError before listening
@@ -67,7 +73,9 @@ async def start_asterisk(
         dtls = DtlsCertificates(dict(ast.dtls_certs), ast.dtls_fingerprint)
         link.agi = AgiServer(api, dtls, timeout=float(ast.agi_timeout),
                              fail_action=ast.fail_action, listeners=listeners)  # fmt: skip
-        link.agi_address = await link.agi.start(config.server.agi.host, config.server.agi.port)
+        link.agi_address = await link.agi.start(
+            config.server.agi.host, config.server.agi.port, sock=agi_sock
+        )
         api.health["agi"] = link.agi.health
         log.info("FastAGI on %s:%d", *link.agi_address)
     if settings is not None:

@@ -248,26 +248,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = _load(args)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    _serve_logging(args.log_level or config.log_level, args.log_file)
-    from stird.wiring.app import serve  # noqa: PLC0415 - the offline tools need none of the daemon
+    # the offline tools need none of the daemon
+    from stird.wiring.app import serve  # noqa: PLC0415
+    from stird.wiring.workers import run_workers, worker_count  # noqa: PLC0415
 
+    count = worker_count(config)
+    _serve_logging(args.log_level or config.log_level, args.log_file, pids=count > 1)
     pid_file = Path(args.pid_file) if args.pid_file else None
+    code = EXIT_OK
     try:
         if pid_file is not None:
             _write_pid(pid_file)
-        eventloop.run(serve(config, lambda: _load(args)))
+        if count > 1:
+            code = run_workers(config, lambda: _load(args), count)
+        else:
+            eventloop.run(serve(config, lambda: _load(args)))
     except (OSError, ConfigError) as exc:  # a port is taken, the state dir read-only...
         raise UsageError(str(exc)) from None
     finally:
         if pid_file is not None:
             _remove_pid(pid_file)
-    return EXIT_OK
+    return code
 
 
-def _serve_logging(level: str, log_file: str | None) -> None:
+def _serve_logging(level: str, log_file: str | None, *, pids: bool = False) -> None:
     """stderr (journald stamps it), or ``--log-file``: stamped lines, the file reopened
-    when logrotate moves it away (WatchedFileHandler)."""
+    when logrotate moves it away (WatchedFileHandler). ``pids``: several worker
+    processes write there, each line says which."""
     fmt = "%(levelname)s %(name)s: %(message)s"
+    if pids:
+        fmt = "%(levelname)s %(name)s[%(process)d]: %(message)s"
     handlers: list[logging.Handler] | None = None
     if log_file is not None:
         try:

@@ -283,6 +283,9 @@ class ServerConfig:
     idle_timeout: float = setting(75.0, positive_seconds)  # kept-alive wait for the next request
     max_connections: int = setting(512, number(integer=True, above=True))  # per listener
     partial_frame_budget: int = setting(64 << 20, number(integer=True, above=True))  # all, bytes
+    # worker processes sharing the listeners (stird.wiring.workers); 0: one per core,
+    # 1: a single process (no supervisor)
+    workers: int = setting(0, number(integer=True, maximum=256))
 
 
 @dataclass(frozen=True, slots=True)
