@@ -110,6 +110,9 @@ class ShmStore:
             self._map.close()
             os.close(self._fd)
 
+    def __bool__(self) -> bool:
+        return True  # a store, even an empty one (``store or default`` must keep it)
+
     def __len__(self) -> int:
         """Live entries."""
         with _Locked(self._fd):

@@ -193,7 +193,7 @@ def replay_store_for(
     """The replay cache: a local store that never evicts a live entry (full → StoreFull;
     ``local``: the workers' shared table), behind the shared Redis store when ``store``
     has one."""
-    local = local or MemoryStore(replay_capacity(config), evict=False)
+    local = local if local is not None else MemoryStore(replay_capacity(config), evict=False)
     return store.beside(local) if isinstance(store, FallbackStore) else local
 
 

@@ -1,0 +1,166 @@
+"""[server] workers = 2: one supervisor, two workers sharing listeners, state and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stird.wiring.config import parse_config
+from stird.wiring.workers import worker_count
+from tests.conftest import Signer
+from tests.wiring.test_serve import FROM, TO, Notify, free_port
+
+SIGN = {"orig": "+12025550100", "dest": ["+12025550101"]}
+
+
+def request(port: int, path: str, body: Any = None) -> tuple[int, Any, int]:
+    """Status, JSON body, and the PID of the worker that answered (a new connection)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            raw, status, worker = response.read(), response.status, response.headers
+    except urllib.error.HTTPError as exc:
+        raw, status, worker = exc.read(), exc.code, exc.headers
+    doc = json.loads(raw) if raw.startswith((b"{", b"[")) else raw.decode()
+    return status, doc, int(worker["Stird-Worker"])
+
+
+def until(condition: Any, what: str, timeout: float = 20.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if result := condition():
+            return result
+        time.sleep(0.05)
+    pytest.fail(f"not within {timeout:.0f} s: {what}")
+
+
+def on_each_worker(port: int, path: str, body: Any, count: int = 2) -> dict[int, Any]:
+    """Ask until ``count`` different workers have answered; their answers by PID."""
+    answers: dict[int, Any] = {}
+
+    def ask() -> bool:
+        status, doc, pid = request(port, path, body)
+        answers.setdefault(pid, (status, doc))
+        return len(answers) >= count
+
+    until(ask, f"{count} workers answering {path}")
+    return answers
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_share_listeners_state_metrics_and_lifecycle(
+    tmp_path: Path, signer: Signer
+) -> None:
+    notify = Notify(tmp_path / "notify")
+    config = tmp_path / "stird.toml"
+    creds = f"[[credential]]\nname = 'main'\nkey = '{signer.key}'\ncert = '{signer.cert}'\n"
+    config.write_text("[server]\nworkers = 2\n" + creds + "tns = ['+12025550100']\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STIRD_", "WATCHDOG_"))}
+    env |= {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
+    argv = [sys.executable, "-m", "stird", "serve", "--config", str(config),
+            "--http", f"127.0.0.1:{port}", "--jsonrpc", "127.0.0.1:0", "--agi", "off",
+            "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    env["WATCHDOG_PID"] = str(proc.pid)
+    try:
+        ready = notify.wait_for("READY", timeout=30)
+        assert ready["STATUS"].startswith("2 workers")
+        assert notify.wait_for("WATCHDOG")["WATCHDOG"] == "1"  # the supervisor pings
+
+        # both workers answer, on the one port
+        signed = on_each_worker(port, "/v1/sign", SIGN)
+        workers = set(signed)
+        assert all(status == 200 for status, _ in signed.values())
+
+        # a PASSporT verified on one worker is a replay on the other
+        identity = next(iter(signed.values()))[1]["identity"][0]
+        first: dict[str, Any] = {"identity": [identity], "from": FROM, "to": TO}
+        status, verdict, verifier = request(port, "/v1/verify", first | {"call_id": "call-1"})
+        assert (status, verdict["verdict"], verdict["replay"]) == (200, "valid", "checked")
+
+        def replay_elsewhere() -> Any:
+            answer = request(port, "/v1/verify", first | {"call_id": "call-2"})
+            return answer if answer[2] != verifier else None
+
+        _, refused, _ = until(replay_elsewhere, "the other worker verifying")
+        assert refused["verdict"] != "valid" and "replay" in json.dumps(refused).lower()
+
+        # /metrics on either worker shows every worker's requests
+        for status, text in on_each_worker(port, "/metrics", None).values():
+            assert status == 200
+            signs = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("stird_requests_total{") and 'kind="sign"' in line
+            )
+            assert signs >= len(signed)
+            assert 'stird_replay_checks_total{reason="",result="replayed"}' in text
+
+        # SIGHUP reaches every worker, then READY=1 again
+        os.kill(proc.pid, signal.SIGHUP)
+        assert notify.wait_for("RELOADING")["RELOADING"] == "1"
+        assert notify.wait_for("READY")["STATUS"].startswith("reloaded")
+
+        # a killed worker is replaced, on the same port
+        victim = next(iter(workers))
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: not alive(victim), "the killed worker gone", timeout=5)
+        answered = set(on_each_worker(port, "/v1/sign", SIGN))
+        assert victim not in answered and len(answered) == 2
+        workers |= answered
+
+        # SIGTERM stops all of them
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not any(alive(pid) for pid in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stderr = proc.communicate(timeout=10)[1]
+        notify.sock.close()
+    assert stderr.count("configuration reloaded") == 2, stderr
+    assert "restarting it in" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, signer: Signer) -> None:
+    config = tmp_path / "stird.toml"
+    config.write_text(
+        f"[server]\nworkers = 2\n[[credential]]\nname = 'main'\nkey = '{signer.key}'\n"
+        "cert = '/nonexistent.pem'\n"
+    )
+    argv = [sys.executable, "-m", "stird", "serve", "--config", str(config),
+            "--http", f"127.0.0.1:{free_port()}", "--jsonrpc", "off", "--agi", "off",
+            "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STIRD_", "NOTIFY_"))}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "while starting: stopping" in done.stderr
+
+
+def test_worker_count() -> None:
+    assert worker_count(parse_config({"server": {"workers": 3}}, Path("x"))) == 3
+    assert worker_count(parse_config({"server": {"workers": 0}}, Path("x"))) == len(
+        os.sched_getaffinity(0)
+    )
+    # the embedded default's in-process CPS lives in one process
+    assert worker_count(parse_config({"server": {"workers": 4}})) == 1
