@@ -83,7 +83,7 @@ def test_two_workers_share_listeners_state_metrics_and_lifecycle(
     env["WATCHDOG_PID"] = str(proc.pid)
     try:
         ready = notify.wait_for("READY", timeout=30)
-        assert ready["STATUS"].startswith("2 workers")
+        assert ready["STATUS"] == f"serving on http://127.0.0.1:{port}"
         assert notify.wait_for("WATCHDOG")["WATCHDOG"] == "1"  # the supervisor pings
 
         # both workers answer, on the one port
@@ -152,7 +152,7 @@ def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, signer: Si
             "--http", f"127.0.0.1:{free_port()}", "--jsonrpc", "off", "--agi", "off",
             "--state-dir", str(tmp_path / "state")]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STIRD_", "NOTIFY_"))}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 1, done.stderr
     assert "while starting: stopping" in done.stderr
 

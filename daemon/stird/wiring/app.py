@@ -245,6 +245,7 @@ class WorkerShare:
     replay: Path  # the replay cache (never evicts a live entry)
     pins: Path  # TOFU pins (evicting, like the single process's MemoryStore)
     metrics_dir: Path
+    slot: int = 0  # which worker: 0 counts what happens to all of them (reload failures)
 
     @property
     def header(self) -> tuple[str, str]:
@@ -394,7 +395,8 @@ class Daemon:
                 str(exc) or exc,
                 exc_info=not isinstance(exc, (ConfigError, keyfiles.KeyFileError, OSError)),
             )
-            self.metrics.reload_failures.inc()
+            if self.share is None or self.share.slot == 0:  # every worker fails alike
+                self.metrics.reload_failures.inc()
             self.notifier.ready(f"reload failed, running the previous configuration: {reason}")
             return False
         old, self.built, self.config = self.built, built, config

@@ -36,7 +36,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stird.adapters.metrics import forget_process
@@ -44,7 +44,7 @@ from stird.adapters.sdnotify import SystemdNotifier
 from stird.adapters.sockets import listen
 from stird.adapters.store_shm import ShmStore
 from stird.wiring import eventloop
-from stird.wiring.app import WorkerShare, replay_capacity, serve
+from stird.wiring.app import WorkerShare, ensure_dev_credential, replay_capacity, serve
 from stird.wiring.config import Config, HostPort
 from stird.wiring.oob_app import embedded_cps
 
@@ -76,6 +76,23 @@ def _runtime_base() -> str | None:
     if runtime:
         return runtime
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # noqa: S108 - tmpfs
+
+
+_PREFIX = "stird-workers-"
+
+
+def _remove_stale(base: Path) -> None:
+    """Private directories left by a supervisor that was killed (its PID is in the name)."""
+    for folder in base.glob(f"{_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_PREFIX).split("-")[0]
+        if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def _listen(where: HostPort | None) -> socket.socket | None:
@@ -126,13 +143,17 @@ class WorkerSupervisor:
         self._slots = [_Slot() for _ in range(self.count)]
         self._ready_sent = False
         self._reload: _Reload | None = None
+        self._hup_pending = False
         self._stopping = False
         self._stop_deadline = 0.0
         self._code = 0
         self._watchdog = self.notifier.watchdog_interval()
         self._last_ping = 0.0
         self.config.server.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._dir = Path(tempfile.mkdtemp(prefix="stird-workers-", dir=_runtime_base()))
+        base = _runtime_base()
+        _remove_stale(Path(base or tempfile.gettempdir()))
+        prefix = f"{_PREFIX}{os.getpid()}-"
+        self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         try:
             self._share = self._prepare()
             self._loop()
@@ -144,6 +165,8 @@ class WorkerSupervisor:
 
     def _prepare(self) -> WorkerShare:
         server = self.config.server
+        if not self.config.credentials:  # made once, not raced by the workers
+            ensure_dev_credential(server.state_dir, int(time.time()))
         http = listen(server.http.host, server.http.port)
         share = WorkerShare(
             http=http,
@@ -235,11 +258,11 @@ class WorkerSupervisor:
     def _spawn(self, slot: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
-            self._child()
+            self._child(slot)
         self._workers[pid] = _Worker(slot, pid, time.monotonic(), pinged=time.monotonic())
         log.info("worker %d started (slot %d)", pid, slot)
 
-    def _child(self) -> None:
+    def _child(self, slot: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -254,7 +277,7 @@ class WorkerSupervisor:
                 os.environ["WATCHDOG_USEC"] = str(int(self._watchdog * 1_000_000))
             else:
                 os.environ.pop("WATCHDOG_USEC", None)
-            eventloop.run(serve(self.config, self.load, self._share))
+            eventloop.run(serve(self.config, self.load, replace(self._share, slot=slot)))
             code = 0
         except BaseException:
             log.exception("worker %d failed", os.getpid())
@@ -333,8 +356,9 @@ class WorkerSupervisor:
         worker.ready, worker.pinged = True, time.monotonic()
         if not self._ready_sent and self._all_ready():
             self._ready_sent = True
-            self.notifier.ready(f"{self.count} workers; {worker.status}")
+            self.notifier.ready(worker.status or f"{self.count} workers serving")
             log.info("all %d workers ready", self.count)
+            self._pending_hup()
         if self._reload is not None and worker.pid in self._reload.pending:
             self._reload.pending.discard(worker.pid)
             if worker.status.startswith("reload failed"):
@@ -348,7 +372,10 @@ class WorkerSupervisor:
     # ------------------------------------------------------- reload, watchdog ----
 
     def _start_reload(self) -> None:
-        if self._stopping or not self._ready_sent:
+        if self._stopping:
+            return
+        if not self._ready_sent or self._reload is not None:
+            self._hup_pending = True  # once every worker is ready / this reload is done
             return
         self.notifier.reloading()
         if self.load is not None:
@@ -374,6 +401,12 @@ class WorkerSupervisor:
         )
         self._reload = None
         self.notifier.ready(status)
+        self._pending_hup()
+
+    def _pending_hup(self) -> None:
+        if self._hup_pending:
+            self._hup_pending = False
+            self._start_reload()
 
     def _watch(self, now: float) -> None:
         """Ping systemd while every ready worker pings us; kill a worker that stopped."""
