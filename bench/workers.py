@@ -82,7 +82,7 @@ def measure(workers: int, seconds: float, connections: int) -> dict[str, Any]:
                 "--http", f"127.0.0.1:{port}", "--jsonrpc", "off", "--agi", "off",
                 "--state-dir", str(Path(tmp) / "state"), "--log-level", "warning"]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(ROOT / "daemon"))
-        proc = subprocess.Popen(argv, env=env)
+        proc = subprocess.Popen(argv, env=env)  # noqa: S603 - our own argv
         try:
             wait_port(port, proc)
             asyncio.run(_load(port, 4, 1.0))  # warm-up: imports, caches, every worker
