@@ -439,10 +439,31 @@ class Bench:
 
         return verify
 
+    def _agi_sign_op(self) -> loadgen.Op:
+        """One /sign session in the Dial pre-dial handler (fresh outgoing channel)."""
+        from tests.asterisk_fakes import FakeChannel, predial_env  # noqa: PLC0415
+
+        port = self.agi_port
+        assert port is not None
+        variables = {"ARG1": DEST, "ARG2": ORIG, "CALLERID(num)": DEST}
+
+        async def sign() -> bool:
+            channel = FakeChannel(predial_env("sign"), dict(variables))
+            await loadgen.agi_session(port, channel)
+            return bool(channel.variables.get("STIRD_IDENTITY"))
+
+        return sign
+
     async def _agi(self) -> Any:
         op = self._agi_op(await self.sign_identity())
         if not await op():
             raise RuntimeError(f"FastAGI verify did not say valid\n{self.procs.log_tail('stird')}")
+        sign_op = self._agi_sign_op()
+        if not await sign_op():
+            raise RuntimeError(f"FastAGI sign set no Identity\n{self.procs.log_tail('stird')}")
+
+        async def make_sign(_: int) -> loadgen.Op:
+            return sign_op
 
         async def make(_: int) -> loadgen.Op:
             return op
@@ -453,6 +474,8 @@ class Bench:
         }
         for conc in (1, 16):
             out[f"verify_c{conc}"] = await loadgen.closed_loop(make, conc, 100_000, self.plan.agi_s)
+        # the sign session's own time (issue #18 target: median under 3 ms), one at a time
+        out["sign_c1"] = await loadgen.closed_loop(make_sign, 1, 100_000, self.plan.agi_s)
         return out
 
     # 5. open loop
@@ -651,6 +674,23 @@ class Bench:
 
     # the whole run
 
+    def run_only(self, name: str) -> dict[str, Any]:
+        """One phase (``--phase``): ``agi`` with its stird, or ``pdd`` (bench/pdd.py)."""
+        self.out["facts"] = machine_facts()
+        if name == "pdd":
+            import pdd  # noqa: PLC0415
+
+            self.phase("pdd", lambda: pdd.run_phase(self.quick), min_left=0)
+        else:
+            self.start_stird()
+            asyncio.run(self.sign_identity())
+            self.phase(name, getattr(self, name), min_left=0)
+            self.procs.stop_all()
+        self.out["targets"] = targets(self.out)
+        self.out["notes"] = self.notes
+        self.out["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        return self.out
+
     def run(self) -> dict[str, Any]:
         self.out["facts"] = machine_facts()
         self.out["plan"] = self.plan.__dict__
@@ -766,7 +806,7 @@ def table(out: dict[str, Any]) -> str:  # noqa: PLR0912 - one branch per row kin
     for key in ("sign_inflight1", "sign_inflight32", "verify_inflight1", "verify_inflight32"):
         add(f"JSON-RPC netstring {key.replace('_', ' ')}", _get(rpc, key) or rpc)
     agi = out.get("agi", {})
-    for key in ("verify_c1", "verify_c16"):
+    for key in ("verify_c1", "verify_c16", "sign_c1"):
         add(f"FastAGI {key.replace('_', ' ')} (sessions)", _get(agi, key) or agi)
     cps = out.get("cps", {})
     for backend in ("memory", "redis"):
@@ -830,6 +870,11 @@ def main() -> int:
     )
     parser.add_argument("--out", metavar="FILE", help="also write the JSON document here")
     parser.add_argument(
+        "--phase",
+        choices=("pdd", "agi", "jsonrpc"),
+        help="run only this phase (pdd: SIPp through Kamailio, bench/pdd.py)",
+    )
+    parser.add_argument(
         "--daemon",
         metavar="DIR",
         help="measure the stird package under DIR instead of daemon/ (A/B of a patch)",
@@ -852,12 +897,16 @@ def main() -> int:
             QUICK if args.quick else FULL, Path(tmp), uvloop=not args.asyncio_loop, quick=args.quick
         )
         try:
-            out = bench.run()
+            out = bench.run_only(args.phase) if args.phase else bench.run()
         finally:
             bench.procs.stop_all()
     out["loop"] = "asyncio" if args.asyncio_loop else "uvloop"
     out["daemon"] = os.environ.get("STIRD_BENCH_DAEMON") or "daemon/"
     print(table(out))
+    if isinstance(out.get("pdd"), dict) and "ways" in out["pdd"]:
+        import pdd  # noqa: PLC0415
+
+        print(pdd.table(out["pdd"]))
     line = json.dumps(out, separators=(",", ":"))
     if args.out:
         Path(args.out).write_text(line + "\n")

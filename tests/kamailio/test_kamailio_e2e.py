@@ -270,6 +270,9 @@ def test_f_stird_stopped_fail_open_relays_then_fail_closed_503(own_lab: Any, sip
     assert uac.finals() == [200], uac.describe()
     [pai] = header_values(only_invite(uas_run), "P-Asserted-Identity")
     assert "verstat=No-TN-Validation" in pai
+    # never silent: counted (counters module, group "script") and logged with the cause
+    assert script_counter(lab, "stird_fail_open") == 2
+    assert lab.kamailio.log().count("failing open (no answer)") == 2
 
     # switched live to fail-closed with kamcli (jsonrpcs datagram socket): 503, at once
     assert lab.kamailio.kamcli("rpc", "cfg.seti", "stird", "fail_open", "i:0")["result"] == {}
@@ -282,6 +285,13 @@ def test_f_stird_stopped_fail_open_relays_then_fail_closed_503(own_lab: Any, sip
             uas_run = sipp.finish(uas, timeout=0.2)
         assert_rejected(uac, uas_run, 503)
         assert response_delay(uac, 503) < TIMEOUT_MS / 1000
+    assert script_counter(lab, "stird_fail_closed") == 2
+    assert script_counter(lab, "stird_fail_open") == 2
+
+
+def script_counter(lab: Lab, name: str) -> int:
+    """A stird.cfg counter, read as a scraper would: jsonrpcs ``cnt.get script NAME``."""
+    return int(lab.kamailio.kamcli("rpc", "cnt.get", "script", name)["result"])
 
 
 def test_f_stird_hung_fail_closed_503_after_the_timeout(own_lab: Any, sipp: Sipp) -> None:

@@ -64,6 +64,17 @@ _SIGN_READ = (
     "${STIRD_DEST}|${ARG1}|${STIRD_ORIG}|${ARG2}|${CONNECTEDLINE(num)}"
     "|${STIRD_ENDPOINT}|${CHANNEL(endpoint)}"
 )
+_SIGN_INPUTS = 7
+#: The sign session's results as the channel holds them before it, read in the same
+#: GET FULL VARIABLE as the inputs: a result variable already holding its new value
+#: (on a fresh channel: STIRD_CODE, STIRD_REASON, often STIRD_IDENTITY_2 are empty) is
+#: not set again, and STIRD_ACTION is cleared only when it holds something. The usual
+#: session is 4 or 5 commands instead of 8, each a round trip through stird's loop.
+_SIGN_OUTPUTS = (
+    "STIRD_ACTION", "STIRD_IDENTITY", "STIRD_IDENTITY_2", "STIRD_DATE", "STIRD_CODE",
+    "STIRD_REASON",
+)  # fmt: skip
+_SIGN_BATCH = _SIGN_READ + "".join(f"|${{{name}}}" for name in _SIGN_OUTPUTS)
 _VERIFY_READS = (
     ("from", "${PJSIP_HEADER(read,From)}"),
     ("pai", "${PJSIP_HEADER(read,P-Asserted-Identity)}"),
@@ -236,7 +247,40 @@ class AgiServer:
     # --- routes ------------------------------------------------------------------------
 
     async def _sign(self, request: AgiRequest) -> None:
-        await self._run(request, "sign", self._sign_work)
+        """Like :meth:`_run`, with the clear of STIRD_ACTION and the results that do not
+        change left out (``_SIGN_OUTPUTS``): the action is still set last."""
+        outcome = "error"
+        current: dict[str, str] = {}
+        try:
+            try:
+                self.api.admit("agi")  # before the channel reads: a refusal costs little
+                inputs, current = await self._sign_read(request)
+                if current.get("STIRD_ACTION", "?"):  # no stale verdict passes
+                    await request.set_variable("STIRD_ACTION", "")
+                    current["STIRD_ACTION"] = ""
+                variables, action = await self._sign_work(request, inputs)
+                outcome = "ok"
+            except (StirError, DtlsError, WorkFailed) as exc:
+                variables, action = self._failure("sign", request, exc)
+                outcome = "failed"
+            for name, value in variables:
+                if current.get(name) != value:
+                    await request.set_variable(name, value)
+            await request.set_variable("STIRD_ACTION", action)  # last: "all set"
+        except PEER_ERRORS:
+            outcome = "peer"
+            raise
+        finally:
+            self._record("sign", outcome)
+
+    async def _sign_read(self, request: AgiRequest) -> tuple[list[str], dict[str, str]]:
+        """(the seven inputs, the result variables as they are now); one round trip."""
+        values = (await request.get_full(_SIGN_BATCH)).split("|")
+        if len(values) == _SIGN_INPUTS + len(_SIGN_OUTPUTS):
+            outputs = values[_SIGN_INPUTS:]
+            return values[:_SIGN_INPUTS], dict(zip(_SIGN_OUTPUTS, outputs, strict=True))
+        # a '|' in some value: the inputs alone, and every result set as before
+        return (await request.get_full(_SIGN_READ)).split("|"), {}
 
     async def _verify(self, request: AgiRequest) -> None:
         await self._run(request, "verify", self._verify_work)
@@ -303,8 +347,8 @@ class AgiServer:
 
     # --- sign --------------------------------------------------------------------------
 
-    async def _sign_work(self, request: AgiRequest) -> tuple[Variables, str]:
-        result = await self._call(self.api.sign(await self._sign_params(request)))
+    async def _sign_work(self, request: AgiRequest, inputs: list[str]) -> tuple[Variables, str]:
+        result = await self._call(self.api.sign(self._sign_params(request, inputs)))
         identity = [str(v) for v in result.get("identity", [])]
         variables = [
             ("STIRD_IDENTITY", identity[0] if identity else ""),
@@ -316,11 +360,10 @@ class AgiServer:
         ]
         return variables, "continue"
 
-    async def _sign_params(self, request: AgiRequest) -> dict[str, Any]:
+    def _sign_params(self, request: AgiRequest, values: list[str]) -> dict[str, Any]:
         env, args = request.env, agi_args(request.env)
         args += [""] * (3 - len(args))
-        values = (await request.get_full(_SIGN_READ)).split("|")
-        if len(values) != 7:
+        if len(values) != _SIGN_INPUTS:
             raise FieldError("dest", "a STIRD_*/ARG variable holds '|'")
         stird_dest, arg1, stird_orig, arg2, connected, stird_endpoint, endpoint = values
         exten = env.get("agi_extension", "")

@@ -103,6 +103,35 @@ class NetstringDecoder:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+#: Linux only: ``TCP_QUICKACK`` (12) is not a sticky option, the kernel clears it again
+#: when it leaves quick-ACK mode, so it is re-armed after every read.
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+
+def tune(sock: Any) -> None:
+    """``TCP_NODELAY`` on an accepted socket (asyncio's TransportSocket or uvloop's
+    pseudo-socket, both with ``setsockopt``): an answer leaves at once, never held back
+    by Nagle behind an earlier answer's unacknowledged bytes."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    quickack(sock)
+
+
+def quickack(sock: Any) -> None:
+    """ACK what was just read now rather than up to 40 ms later.
+
+    Kamailio's janssonrpcc writes without ``TCP_NODELAY``: after a notification (which
+    stird does not answer, so no answer carries the ACK) its kernel holds the next
+    ``stir.sign`` until that ACK comes, and a delayed ACK is up to 40 ms away. Re-armed
+    after every read (see ``_QUICKACK``)."""
+    if sock is None or _QUICKACK is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
 class NetstringServer:
     """Serves a JSON-RPC handler over netstrings on one TCP listener, under the
     connection policy of ``listeners`` (deadlines, cap, frame budget)."""
@@ -175,8 +204,11 @@ class _Connection:
 
     async def run(self) -> None:
         decoder = NetstringDecoder()
+        sock = self._writer.get_extra_info("socket")
+        tune(sock)
         try:
             while data := await self._reader.read(self._policy.read_chunk):
+                quickack(sock)
                 payloads = decoder.feed(data)
                 self._conn.hold(decoder.pending)
                 if self._conn.closed:  # the frame budget closed it
