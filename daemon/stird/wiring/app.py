@@ -27,6 +27,7 @@ from stird.adapters.netstring import NetstringServer
 from stird.adapters.overload import LoadShedder
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.sockets import LISTEN_BACKLOG, listen
+from stird.adapters.status_page import StatusView
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.adapters.supervisor import Supervisor
@@ -43,6 +44,7 @@ from stird.services.authentication import (
 from stird.services.certcache import CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import KeyValueStore
+from stird.services.status_expiry import Expiry, ExpiryWatch, expiries
 from stird.services.stores import FallbackStore
 from stird.services.verdicts import OnFailure, ReplayOverflow, Role, ServicePolicy
 from stird.services.verification import ReplayStats, VerificationService
@@ -56,6 +58,7 @@ from stird.wiring.oob_app import build_oob, mount_cps, own_url
 
 log = logging.getLogger("stird")
 DEV_NAME = "dev"
+EXPIRY_CHECK_INTERVAL = 86400.0  # s: the certificate lifecycle check, besides start and reload
 
 
 def _public_url(config: Config, http: tuple[str, int]) -> str:
@@ -260,9 +263,13 @@ class Daemon:
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
         self.metrics.watch_replay(lambda: self.replay_stats)
+        self.metrics.watch_expiry(self.expiries)
+        self.expiry_watch = ExpiryWatch()
+        self.check_expiry()
         token = load_token(server.token_file) if server.token_file is not None else None
         warn_if_insecure(server)
-        app = build_app(self.api, max_body=server.max_body, token=token)
+        self.status_view = StatusView(self.api)
+        app = build_app(self.api, max_body=server.max_body, token=token, status=self.status_view)
         self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir, self.shedder)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -283,7 +290,30 @@ class Daemon:
         http = self.listeners.tracker("http")
         await PolicedSite(self._runner, http_sock, http, backlog=LISTEN_BACKLOG).start()
         self.supervisor.supervise("loop-lag", self.shedder.run)
+        self.supervisor.supervise("cert-expiry", self._expiry_loop)
         self._announce()
+
+    def expiries(self) -> list[Expiry]:
+        """The running signing credentials and trust anchors, with their not_after."""
+        runtime = self.built.runtime
+        return expiries(runtime.auth.credentials, runtime.verifier.policy.verify.anchors)
+
+    def check_expiry(self, now: float | None = None) -> None:
+        """Log a warning 30, 14, 7, 3 and 1 days before a certificate expires (once per
+        threshold per certificate), and an error once it has."""
+        moment = time.time() if now is None else now
+        for item, days in self.expiry_watch.due(self.expiries(), moment):
+            if days == 0:
+                log.error("%s: signing with it is refused; renew it and reload",
+                          item.describe(moment))  # fmt: skip
+            else:
+                log.warning("%s (under %d days): renew it and reload (SIGHUP)",
+                            item.describe(moment), days)  # fmt: skip
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            self.check_expiry()
 
     def _count_restart(self, task: str) -> None:
         self.metrics.task_restarts.labels(task).inc()
@@ -302,6 +332,10 @@ class Daemon:
             return None
         rpc = KamailioRpc(
             KamailioTarget(url=k.rpc_url, socket_path=k.rpc_socket, timeout=k.timeout)
+        )
+
+        self.metrics.watch_kamailio(
+            lambda: (self.api.health.get("kamailio") or {}).get("reachable")
         )
 
         async def watch() -> None:
@@ -367,6 +401,7 @@ class Daemon:
         self.dialogs.reconfigure(config.dialog.policy, config.dialog.window)
         self._retired.append(old)
         asyncio.get_running_loop().call_later(30, self._retire, old)
+        self.check_expiry()
         log.info("configuration reloaded")
         self.notifier.ready(f"reloaded; serving on {self.base_url}")
         return True
@@ -386,6 +421,7 @@ class Daemon:
         if self.kamailio is not None:
             await self.kamailio.close()
         await self._runner.cleanup()
+        await self.status_view.prober.close()
         if self.cps is not None:
             await self.cps.close()
         for built in (*self._retired, self.built):
