@@ -458,12 +458,16 @@ def _credentials(facts: Mapping[str, Any]) -> str:
     )
 
 
-def _peer_text(value: Any) -> str:
+def _peer_text(value: Any, missing: str = "not configured") -> str:
     if value is None:
-        return '<span style="color:#9e9e9e">not configured</span>'
+        return f'<span style="color:#9e9e9e">{esc(missing)}</span>'
     if isinstance(value, Mapping):
         return ", ".join(f"{esc(k)}: {esc(v)}" for k, v in value.items())
     return esc(value)
+
+
+MISS = "not configured"
+_MISSING = {"cert_cache_hit_ratio": "no lookups yet", "cps": "no operations yet"}
 
 
 def _peers(facts: Mapping[str, Any]) -> str:
@@ -478,7 +482,7 @@ def _peers(facts: Mapping[str, Any]) -> str:
         "event_loop_lag_ms": "event-loop lag (ms)",
     }
     rows = "".join(
-        f"<tr><th>{esc(label)}</th><td>{_peer_text(p.get(key))}</td></tr>"
+        f"<tr><th>{esc(label)}</th><td>{_peer_text(p.get(key), _MISSING.get(key, MISS))}</td></tr>"
         for key, label in names.items()
     )
     return f"<section><h2>Peers</h2><table>{rows}</table></section>"
@@ -521,6 +525,8 @@ def render_call(call_id: str, records: Sequence[CallRecord]) -> str:
     parts = [f"<section><h2>Call {esc(call_id)}</h2></section>"]
     for record in records:
         r = record.to_json(full=True)
+        r["at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.at))
+        r["ppts"] = ", ".join(record.ppts)
         fields = "".join(
             f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>"
             for k, v in r.items()
