@@ -307,8 +307,8 @@ class Daemon:
                 log.error("%s: signing with it is refused; renew it and reload",
                           item.describe(moment))  # fmt: skip
             else:
-                log.warning("%s (under %d days): renew it and reload (SIGHUP)",
-                            item.describe(moment), days)  # fmt: skip
+                log.warning("%s (under %d day%s): renew it and reload (SIGHUP)",
+                            item.describe(moment), days, "s" if days > 1 else "")  # fmt: skip
 
     async def _expiry_loop(self) -> None:
         while True:
