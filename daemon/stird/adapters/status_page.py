@@ -317,7 +317,8 @@ h2{font-size:15px;margin:0 0 8px}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceff3;vertical-align:top}
 th{color:#5b6472;font-weight:600}td.mono,.mono{font-family:ui-monospace,monospace;font-size:12px}
-.pill{display:inline-block;border-radius:10px;padding:0 8px;color:#fff;font-size:12px}
+.pill{display:inline-block;border-radius:10px;padding:0 8px;color:#fff;font-size:12px;
+white-space:nowrap}
 .ok{color:#2e7d32}.amber{color:#b26a00;font-weight:600}.red{color:#c62828;font-weight:700}
 .legend span{margin-right:12px;font-size:12px}.legend i{display:inline-block;width:10px;
 height:10px;margin-right:4px;border-radius:2px}
