@@ -216,3 +216,45 @@ def test_check_config_warns_of_expiry(tmp_path: Path, capsys: pytest.CaptureFixt
     captured = capsys.readouterr()
     assert "warning: credential short expires in " in captured.err  # 20 days: under 30
     assert "OK" in captured.out
+
+
+async def test_reload_picks_up_a_renewed_certificate_without_dropping_requests(
+    tmp_path: Path,
+) -> None:
+    cred = short_credential(tmp_path, days=3)
+    cfg = replace(config(tmp_path), credentials=(cred,))
+    d = Daemon(cfg)
+    await d.start()
+    base = base_of(d)
+    try:
+        _, text, _ = await get(base + "/healthz")
+        assert json.loads(text)["status"] == "degraded"
+        key = keyfiles.load_private_key(cred.key)
+        renewed = certs.make_stir_cert(key, now=int(time.time()) - 60, days=365,
+                                       tns=["15551110000"])  # fmt: skip
+        keyfiles.write_public_file(cred.cert, certs.cert_to_pem(renewed))
+        body = json.dumps({"orig": "+15551110000", "dest": ["+15552220000"]}).encode()
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def sign() -> int:
+                async with session.post(base + "/v1/sign", data=body) as answer:
+                    return answer.status
+
+            async def signing(count: int) -> list[int]:
+                results = []
+                for _ in range(count):
+                    results.append(await sign())
+                return results
+
+            batches = await asyncio.gather(signing(40), signing(40), d.reload(cfg))
+        assert batches[2] is True
+        assert batches[0] + batches[1] == [200] * 80  # no request dropped or refused
+        _, text, _ = await get(base + "/healthz")
+        assert json.loads(text)["status"] == "ok"
+        _, metrics, _ = await get(base + "/metrics")
+        (line,) = [m for m in metrics.splitlines()
+                   if m.startswith('stird_credential_not_after_seconds{name="short"}')]  # fmt: skip
+        assert float(line.split()[-1]) > time.time() + 300 * DAY
+    finally:
+        await d.stop()

@@ -81,13 +81,16 @@ class X5uProber:
         self._cache: dict[str, Probe] = {}
         self._client: HardenedClient | None = None
         self._hosts: tuple[str, ...] = ()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _client_for(self, urls: Sequence[str]) -> HardenedClient:
         hosts = tuple(sorted({urllib.parse.urlsplit(u).hostname or "" for u in urls}))
         if self._client is None or hosts != self._hosts:
             old = self._client
-            if old is not None:
-                asyncio.get_running_loop().create_task(old.close())
+            if old is not None:  # the credentials changed (a reload)
+                task = asyncio.get_running_loop().create_task(old.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             policy = FetchPolicy(timeout=self._timeout, allow_http=True, allow_hosts=hosts)
             self._client, self._hosts = HardenedClient(policy), hosts
         return self._client
