@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stird.core.errors import StirError
 from stird.core.identity import parse_identity
-from stird.core.passport import decode_json
-from stird.core.verdict import SipFacts
+from stird.core.passport import SignedPassport, decode_json
+from stird.core.verdict import PassportCheck, SipFacts
 from stird.services.authentication import SignInput, SignOutput
 from stird.services.ports import Clock, system_clock
 from stird.services.verdicts import CallVerdict
@@ -26,6 +26,7 @@ RING_SIZE = 500  # calls kept for the table and the detail view
 DAY_MINUTES = 24 * 60  # per-minute buckets kept
 MAX_TEXT = 256  # characters kept of a header value (From, To, Call-ID, detail)
 MAX_PASSPORTS = 4  # decoded PASSporTs kept per call
+MAX_IDENTITY = 16384  # characters of Identity values kept for the detail view
 MAX_CLAIMS_JSON = 4096  # characters of one decoded PASSporT (header + claims)
 MAX_KEYS = 32  # distinct categories per minute (codes are stird's own: few)
 
@@ -63,6 +64,27 @@ class CallRecord:
     credential: str | None = None
     checks: tuple[Mapping[str, Any], ...] = ()  # per-PASSporT outcome (verify)
     passports: tuple[Mapping[str, Any], ...] = ()  # decoded header and claims
+    # what the above are made from, when first asked (the detail view): not on the hot path
+    identities: tuple[str, ...] = field(default=(), repr=False)  # Identity values received
+    signed: tuple[SignedPassport, ...] = field(default=(), repr=False)
+    verdict_checks: tuple[PassportCheck, ...] = field(default=(), repr=False)
+
+    def decoded(self) -> tuple[Mapping[str, Any], ...]:
+        """Each PASSporT's JOSE header and claims (never the signature)."""
+        if self.passports:
+            return self.passports
+        if self.signed:
+            return tuple(
+                _bounded({"info": p.header.x5u, "ppt": p.header.ppt,
+                          "header": p.header.to_json(), "claims": p.claims.to_json()})
+                for p in self.signed[:MAX_PASSPORTS]
+            )  # fmt: skip
+        return decode_identities(self.identities)
+
+    def check_details(self) -> tuple[Mapping[str, Any], ...]:
+        if self.checks:
+            return self.checks
+        return tuple(_bounded(p.to_json()) for p in self.verdict_checks[:MAX_PASSPORTS])
 
     @property
     def category(self) -> str:
@@ -106,19 +128,9 @@ class CallRecord:
             "credential": self.credential,
         }
         if full:
-            body["checks"] = [dict(c) for c in self.checks]
-            body["passports"] = [dict(p) for p in self.passports]
+            body["checks"] = [dict(c) for c in self.check_details()]
+            body["passports"] = [dict(p) for p in self.decoded()]
         return body
-
-
-def _party(claim: Mapping[str, Any] | None) -> str | None:
-    """``{"tn": "1555..."}`` or ``{"uri": "sip:..."}`` → the number or URI."""
-    if not isinstance(claim, Mapping):
-        return None
-    for key in ("tn", "uri"):
-        if isinstance(claim.get(key), str):
-            return _text(claim[key])
-    return None
 
 
 def _bounded(entry: dict[str, Any]) -> Mapping[str, Any]:
@@ -198,17 +210,7 @@ class CallLog:
                 verdict=SIGNED if out.passports else "unsigned",
                 ppts=tuple(p.header.ppt or "base" for p in out.passports),
                 credential=out.credential,
-                passports=tuple(
-                    _bounded(
-                        {
-                            "info": p.header.x5u,
-                            "ppt": p.header.ppt,
-                            "header": p.header.to_json(),
-                            "claims": p.claims.to_json(),
-                        }
-                    )
-                    for p in out.passports[:MAX_PASSPORTS]
-                ),
+                signed=out.passports[:MAX_PASSPORTS],
             )
         )
 
@@ -230,22 +232,18 @@ class CallLog:
         )
 
     def verified(self, facts: SipFacts, verdict: CallVerdict, *, backwards: bool = False) -> None:
-        passports = decode_identities(facts.identity)
-        claims = next((p["claims"] for p in passports if "claims" in p), None)
-        orig = _party(claims.get("orig")) if isinstance(claims, Mapping) else None
-        dest = claims.get("dest") if isinstance(claims, Mapping) else None
-        callee = None
-        if isinstance(dest, Mapping):
-            tns = dest.get("tn") or dest.get("uri")
-            callee = _text(", ".join(map(str, tns))) if isinstance(tns, list) else None
+        first = next((p for p in verdict.passports if p.orig is not None), None)
+        caller = first.orig.value if first is not None and first.orig is not None else None
+        callee = ", ".join(d.value for d in first.dest) if first is not None else None
+        kept = facts.identity if sum(map(len, facts.identity)) <= MAX_IDENTITY else ()
         self.add(
             CallRecord(
                 at=self._clock(),
                 kind="verify",
                 direction="in-backwards" if backwards else "in",
                 call_id=_text(facts.call_id),
-                caller=orig or _text(facts.pai or facts.from_),
-                callee=callee or _text(facts.to),
+                caller=_text(caller or facts.pai or facts.from_),
+                callee=_text(callee or facts.to),
                 verdict=verdict.verdict.value,
                 code=verdict.code,
                 reason=verdict.reason,
@@ -254,8 +252,8 @@ class CallLog:
                 trust=verdict.trust.value if verdict.trust else None,
                 replay=verdict.replay.to_json() if verdict.replay else None,
                 oob=verdict.out_of_band,
-                checks=tuple(_bounded(p.to_json()) for p in verdict.passports[:MAX_PASSPORTS]),
-                passports=passports,
+                identities=kept,
+                verdict_checks=verdict.passports[:MAX_PASSPORTS],
             )
         )
 
