@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real peers the tests start on loopback (DEVELOPERS.md: real parts in tests); systemd for
-# systemd-analyze/sysusers/tmpfiles and shellcheck (tests/wiring/test_systemd.py).
-APT_PACKAGES=(secsipidx redis-server systemd shellcheck kamailio kamailio-extra-modules kamailio-utils-modules sip-tester kamcli)
+# systemd-analyze/sysusers/tmpfiles and shellcheck (tests/wiring/test_systemd.py); promtool
+# (prometheus: tests/wiring/test_monitoring.py) and chromium (the status page in a browser).
+APT_PACKAGES=(secsipidx redis-server systemd shellcheck kamailio kamailio-extra-modules kamailio-utils-modules sip-tester kamcli prometheus chromium)
 python3 -c 'import ensurepip, venv' 2>/dev/null || APT_PACKAGES+=(python3-venv python3-pip)
 
 missing=()

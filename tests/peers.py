@@ -30,6 +30,8 @@ PEERS: dict[str, tuple[str, str]] = {
     "sipp": ("sip-tester", "/usr/bin/sipp"),
     "redis-server": ("redis-server", "/usr/bin/redis-server"),
     "secsipidx": ("secsipidx", "/usr/bin/secsipidx"),
+    "promtool": ("prometheus", "/usr/bin/promtool"),
+    "chromium": ("chromium", "/usr/bin/chromium"),
 }
 FALSE_VALUES = {"", "0", "false", "no"}
 

@@ -126,5 +126,15 @@ def test_expired_credential_is_refused() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     old = certs.make_stir_cert(key, now=NOW - 10 * 86400, days=1, tns=["12025550100"])
     svc = service(SigningCredential("old", key, (old,), "https://x/old.pem"))
-    with pytest.raises(StirError):
+    with pytest.raises(StirError) as info:
         svc.sign(SignInput(tn("12025550100"), (tn("1"),)))
+    assert info.value.code == 403  # refused, with the remedy: never a silently bad PASSporT
+    assert "signing credential old expired at" in info.value.detail
+    assert "renew" in info.value.detail
+
+
+def test_credential_expiring_a_second_later_still_signs() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = certs.make_stir_cert(key, now=NOW - 86400 + 1, days=1, tns=["12025550100"])
+    svc = service(SigningCredential("edge", key, (cert,), "https://x/edge.pem"))
+    assert svc.sign(SignInput(tn("12025550100"), (tn("1"),))).credential == "edge"

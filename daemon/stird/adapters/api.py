@@ -21,6 +21,9 @@ from stird.core.verstat import with_verstat
 from stird.services.authentication import AuthenticationService, SignInput, SignOutput
 from stird.services.oob import OobPublisher, Outcome, PublishResult
 from stird.services.oobverify import OobVerification
+from stird.services.status import CallLog
+from stird.services.status_expiry import degraded as expiring
+from stird.services.status_expiry import expiries
 from stird.services.verification import VerificationService
 
 
@@ -70,6 +73,7 @@ class StirApi:
         self.shedder: LoadShedder | None = None  # refuses sign/verify while stird is behind
         self.started = time.monotonic()  # /healthz uptime: from daemon start, across reloads
         self.supervisor: Supervisor | None = None  # the background tasks, for /healthz
+        self.calls = CallLog()  # the status page's recent calls and per-minute counters
 
     def admit(self, interface: str = "api") -> None:
         """Raise :class:`~stird.adapters.overload.Overloaded` while stird is behind."""
@@ -90,6 +94,7 @@ class StirApi:
             out = runtime.auth.sign(request)
         except StirError as exc:
             self.metrics.observe("sign", time.perf_counter() - started, "error", exc.code, "")
+            self.calls.sign_failed(params, exc)
             raise
         body: dict[str, Any] = {
             "identity": list(out.identity),
@@ -103,6 +108,7 @@ class StirApi:
         if oob or _publishes_for(runtime.oob, request):
             body["oob"] = (await self._publish(runtime.oob, request, out)).to_json()
         ppts = ",".join(p.ppt or "base" for p in out.passports) or "none"
+        self.calls.signed(request, out)
         self.metrics.observe("sign", time.perf_counter() - started, "signed", None, ppts)
         return body
 
@@ -134,13 +140,20 @@ class StirApi:
         if backwards:
             facts = replace(facts, dialog_forming=False)
         runtime = self.runtime
-        if runtime.oob is None:
-            verdict = await runtime.verifier.verify(facts, deadline=budget(params))
-        else:
-            check = await runtime.oob.verification.verify(runtime.verifier, facts, budget(params))
-            verdict = check.verdict
-            if check.retrieval is not None:
-                self.metrics.cps.labels("retrieve", check.retrieval.outcome.value).inc()
+        try:
+            if runtime.oob is None:
+                verdict = await runtime.verifier.verify(facts, deadline=budget(params))
+            else:
+                check = await runtime.oob.verification.verify(
+                    runtime.verifier, facts, budget(params)
+                )
+                verdict = check.verdict
+                if check.retrieval is not None:
+                    self.metrics.cps.labels("retrieve", check.retrieval.outcome.value).inc()
+        except StirError as exc:
+            self.calls.verify_failed(params, exc)
+            raise
+        self.calls.verified(facts, verdict, backwards=backwards)
         body = verdict.to_json()
         body["pai"] = self._pai(facts.pai or facts.from_, verdict.verstat.value)
         if backwards:
@@ -169,6 +182,8 @@ class StirApi:
         runtime = self.runtime
         supervisor = self.supervisor
         degraded = supervisor.degraded() if supervisor is not None else []
+        anchors = runtime.verifier.policy.verify.anchors
+        degraded += expiring(expiries(runtime.auth.credentials, anchors), time.time())
         body: dict[str, Any] = {
             "status": "degraded" if degraded else "ok",
             "uptime": round(time.monotonic() - self.started, 1),

@@ -19,6 +19,7 @@ from stird.adapters.connpolicy import Connection, ConnectionTracker, Phase
 from stird.adapters.errors import PARSE_ERROR, mapped
 from stird.adapters.jsonrpc import Dispatcher, error
 from stird.adapters.requests import FieldError
+from stird.adapters.status_page import StatusView
 from stird.core.errors import StirError
 
 _CERT_NAME = re.compile(r"[\w.-]{1,64}")
@@ -65,7 +66,7 @@ def _wrap(operation: Any) -> Any:
 #: What a bearer token guards: the operations and what they reveal. Certificates
 #: (``/certs/``: verifiers fetch them through ``x5u``), the CPS (RFC 8816: public by
 #: design, flood-capped) and ``/healthz`` stay open.
-_GUARDED = ("/v1/", "/jsonrpc", "/metrics")
+_GUARDED = ("/v1/", "/jsonrpc", "/metrics", "/status")
 
 
 def bearer_guard(token: str) -> Any:
@@ -88,8 +89,9 @@ def bearer_guard(token: str) -> Any:
 
 
 def build_app(
-    api: StirApi, *, max_body: int = 256 * 1024, token: str | None = None
-) -> web.Application:
+    api: StirApi, *, max_body: int = 256 * 1024, token: str | None = None,
+    status: StatusView | None = None,
+) -> web.Application:  # fmt: skip
     dispatcher = Dispatcher(api.methods())
 
     async def jsonrpc(request: web.Request) -> web.Response:
@@ -122,6 +124,8 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/certs/{name}", certificate)
+    if status is not None:  # /status, /status.json, /status/call (adapters/status_page.py)
+        status.mount(app.router)
     return app
 
 

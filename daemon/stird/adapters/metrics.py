@@ -26,6 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from stird.services.certcache import CacheStats
+from stird.services.status_expiry import ANCHOR, CREDENTIAL, Expiry
 from stird.services.verification import ReplayStats
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -84,6 +85,43 @@ class _ReplayCollector(Collector):
         for reason in ("disabled", "no-call-id", "store-full", "store-unavailable"):
             family.add_metric(["unchecked", reason], float((stats.unchecked or {}).get(reason, 0)))
         yield family
+
+
+class _ExpiryCollector(Collector):
+    """Certificate lifecycle: each signing credential's and trust anchor's not_after."""
+
+    def __init__(self, items: Callable[[], list[Expiry]]) -> None:
+        self._items = items
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        creds = GaugeMetricFamily(
+            "stird_credential_not_after_seconds",
+            "When each signing credential's certificate expires (POSIX time)", labels=["name"],
+        )  # fmt: skip
+        anchors = GaugeMetricFamily(
+            "stird_trust_anchor_not_after_seconds",
+            "When each trust anchor expires (POSIX time)", labels=["subject"],
+        )  # fmt: skip
+        for item in self._items():
+            family = creds if item.kind == CREDENTIAL else anchors if item.kind == ANCHOR else None
+            if family is not None:
+                family.add_metric([item.name], float(item.not_after))
+        yield creds
+        yield anchors
+
+
+class _PeerCollector(Collector):
+    """``stird_kamailio_reachable``: 1 while Kamailio's jsonrpcs answers the health probe."""
+
+    def __init__(self, reachable: Callable[[], bool | None]) -> None:
+        self._reachable = reachable
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        up = self._reachable()
+        if up is not None:
+            yield GaugeMetricFamily("stird_kamailio_reachable",
+                                    "1 while Kamailio's jsonrpcs answered the last probe",
+                                    value=1.0 if up else 0.0)  # fmt: skip
 
 
 _MAX_CHILDREN = 1024
@@ -210,6 +248,14 @@ class Metrics:
     def watch_store(self, fallbacks: Callable[[], int]) -> None:
         """``stird_store_fallback_total`` from ``FallbackStore.failures``."""
         self.registry.register(_FallbackCollector(fallbacks))
+
+    def watch_expiry(self, items: Callable[[], list[Expiry]]) -> None:
+        """``stird_credential_not_after_seconds{name}``, ``stird_trust_anchor_...{subject}``."""
+        self.registry.register(_ExpiryCollector(items))
+
+    def watch_kamailio(self, reachable: Callable[[], bool | None]) -> None:
+        """``stird_kamailio_reachable`` (absent until the first probe answered)."""
+        self.registry.register(_PeerCollector(reachable))
 
     def observe(self, kind: str, seconds: float, verdict: str, code: int | None, ppt: str) -> None:
         key = (kind, verdict, code, ppt)

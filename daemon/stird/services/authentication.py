@@ -112,6 +112,26 @@ def _not_authoritative(party: PartyId) -> StirError:
     )
 
 
+def _check_usable(cred: SigningCredential, now: int) -> None:
+    """Refuse to sign with a certificate outside its validity (RFC 5280 §4.1.2.5): every
+    verifier would reject the PASSporT, so the PBX hears it now, with the remedy."""
+    leaf = cred.chain[0]
+    end, start = leaf.not_valid_after_utc, leaf.not_valid_before_utc
+    if now > int(end.timestamp()):
+        raise StirError(
+            SipStatus.FORBIDDEN,
+            f"signing credential {cred.name} expired at {end:%Y-%m-%dT%H:%M:%SZ}: renew its "
+            "certificate and reload stird (SIGHUP)",
+            check=Check.CREDENTIAL,
+        )
+    if now < int(start.timestamp()):
+        raise StirError(
+            SipStatus.FORBIDDEN,
+            f"signing credential {cred.name} is not valid before {start:%Y-%m-%dT%H:%M:%SZ}",
+            check=Check.CREDENTIAL,
+        )
+
+
 class AuthenticationService:
     """Signs requests with the configured credentials."""
 
@@ -173,7 +193,7 @@ class AuthenticationService:
         if chosen is None:
             return SignOutput(identity=(), date=date, iat=iat)
         cred, attest_override = chosen
-        certs.check_validity(cred.chain[0], now)
+        _check_usable(cred, now)
         out = [self._one(request, cred, ppt, iat, attest_override) for ppt in self._types(request)]
         return SignOutput(
             identity=tuple(h.format() for _, h in out),

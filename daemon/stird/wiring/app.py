@@ -30,6 +30,7 @@ from stird.adapters.netstring import NetstringServer
 from stird.adapters.overload import LoadShedder
 from stird.adapters.sdnotify import SystemdNotifier, run_watchdog
 from stird.adapters.sockets import LISTEN_BACKLOG, listen
+from stird.adapters.status_page import StatusView
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.adapters.store_shm import ShmStore
@@ -47,6 +48,7 @@ from stird.services.authentication import (
 from stird.services.certcache import CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import KeyValueStore
+from stird.services.status_expiry import Expiry, ExpiryWatch, expiries
 from stird.services.stores import FallbackStore
 from stird.services.verdicts import OnFailure, ReplayOverflow, Role, ServicePolicy
 from stird.services.verification import ReplayStats, VerificationService
@@ -60,6 +62,7 @@ from stird.wiring.oob_app import build_oob, mount_cps, own_url
 
 log = logging.getLogger("stird")
 DEV_NAME = "dev"
+EXPIRY_CHECK_INTERVAL = 86400.0  # s: the certificate lifecycle check, besides start and reload
 
 
 def _public_url(config: Config, http: tuple[str, int]) -> str:
@@ -271,15 +274,7 @@ class Daemon:
         self.listeners = Listeners.build(policy, registry=self.metrics.registry)
         self.http_address: tuple[str, int] = http_sock.getsockname()[:2]
         self.base_url = _public_url(self.config, self.http_address)
-        self.store = self._store()
-        self.replay_store = replay_store_for(
-            self.config, self.store, ShmStore.attach(share.replay) if share else None
-        )
-        self.replay_stats = ReplayStats()  # one series across reloads
-        if isinstance(self.store, FallbackStore):
-            fallback = self.store
-            self.metrics.watch_store(lambda: fallback.failures)
-        await self._check_redis_eviction()
+        await self._open_state(share)
         self.supervisor = Supervisor(on_restart=self._count_restart, base=self.restart_backoff)
         self.built = self._build(self.config)
         self._retired: list[Built] = []  # replaced by reloads, closed 30 s later or at stop
@@ -291,14 +286,44 @@ class Daemon:
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
         self.metrics.watch_replay(lambda: self.replay_stats)
+        self.metrics.watch_expiry(self.expiries)
+        self.expiry_watch = ExpiryWatch()
+        self.check_expiry()
         token = load_token(server.token_file) if server.token_file is not None else None
         warn_if_insecure(server)
-        app = build_app(self.api, max_body=server.max_body, token=token)
+        self.status_view = StatusView(self.api)
+        app = build_app(self.api, max_body=server.max_body, token=token, status=self.status_view)
         if share is not None:
             app.on_response_prepare.append(_worker_header(share))
         self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir, self.shedder)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
+        await self._start_pbx_listeners(share)
+        self.kamailio = self._kamailio()
+        self.dialogs.start(self.kamailio, self.asterisk.ami, self.supervisor)  # ends dialogs
+        self.agi_address = self.asterisk.agi_address
+        # HTTP (and /healthz) answers last: once it does, every listener is up
+        http = self.listeners.tracker("http")
+        await PolicedSite(self._runner, http_sock, http, backlog=LISTEN_BACKLOG).start()
+        self._supervise_background()
+        self._announce()
+
+    async def _open_state(self, share: WorkerShare | None) -> None:
+        """The stores: pins and caches, the non-evicting replay cache (shared memory
+        among workers), and the Redis eviction-policy check."""
+        self.store = self._store()
+        self.replay_store = replay_store_for(
+            self.config, self.store, ShmStore.attach(share.replay) if share else None
+        )
+        self.replay_stats = ReplayStats()  # one series across reloads
+        if isinstance(self.store, FallbackStore):
+            fallback = self.store
+            self.metrics.watch_store(lambda: fallback.failures)
+        await self._check_redis_eviction()
+
+    async def _start_pbx_listeners(self, share: WorkerShare | None) -> None:
+        """The netstring JSON-RPC listener (Kamailio) and FastAGI/AMI (Asterisk)."""
+        server = self.config.server
         self.jsonrpc_address: tuple[str, int] | None = None
         self._netstring: NetstringServer | None = None
         if server.jsonrpc is not None:
@@ -310,16 +335,34 @@ class Daemon:
             )
         self.asterisk = await start_asterisk(self.config, self.api, self.metrics, self.listeners,
                                              agi_sock=share.agi if share else None)  # fmt: skip
-        self.kamailio = self._kamailio()
-        self.dialogs.start(self.kamailio, self.asterisk.ami, self.supervisor)  # ends dialogs
-        self.agi_address = self.asterisk.agi_address
-        # HTTP (and /healthz) answers last: once it does, every listener is up
-        http = self.listeners.tracker("http")
-        await PolicedSite(self._runner, http_sock, http, backlog=LISTEN_BACKLOG).start()
+
+    def _supervise_background(self) -> None:
         self.supervisor.supervise("loop-lag", self.shedder.run)
         if self.metrics.multiprocess_dir is not None:
             self.supervisor.supervise("metrics-sync", self.metrics.run_sync)
-        self._announce()
+        self.supervisor.supervise("cert-expiry", self._expiry_loop)
+
+    def expiries(self) -> list[Expiry]:
+        """The running signing credentials and trust anchors, with their not_after."""
+        runtime = self.built.runtime
+        return expiries(runtime.auth.credentials, runtime.verifier.policy.verify.anchors)
+
+    def check_expiry(self, now: float | None = None) -> None:
+        """Log a warning 30, 14, 7, 3 and 1 days before a certificate expires (once per
+        threshold per certificate), and an error once it has."""
+        moment = time.time() if now is None else now
+        for item, days in self.expiry_watch.due(self.expiries(), moment):
+            if days == 0:
+                log.error("%s: signing with it is refused; renew it and reload",
+                          item.describe(moment))  # fmt: skip
+            else:
+                log.warning("%s (under %d day%s): renew it and reload (SIGHUP)",
+                            item.describe(moment), days, "s" if days > 1 else "")  # fmt: skip
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+            self.check_expiry()
 
     def _count_restart(self, task: str) -> None:
         self.metrics.task_restarts.labels(task).inc()
@@ -338,6 +381,10 @@ class Daemon:
             return None
         rpc = KamailioRpc(
             KamailioTarget(url=k.rpc_url, socket_path=k.rpc_socket, timeout=k.timeout)
+        )
+
+        self.metrics.watch_kamailio(
+            lambda: (self.api.health.get("kamailio") or {}).get("reachable")
         )
 
         async def watch() -> None:
@@ -404,6 +451,7 @@ class Daemon:
         self.dialogs.reconfigure(config.dialog.policy, config.dialog.window)
         self._retired.append(old)
         asyncio.get_running_loop().call_later(30, self._retire, old)
+        self.check_expiry()
         log.info("configuration reloaded")
         self.notifier.ready(f"reloaded; serving on {self.base_url}")
         return True
@@ -423,6 +471,7 @@ class Daemon:
         if self.kamailio is not None:
             await self.kamailio.close()
         await self._runner.cleanup()
+        await self.status_view.prober.close()
         if self.cps is not None:
             await self.cps.close()
         for built in (*self._retired, self.built):

@@ -14,6 +14,8 @@
                   [--log-level L] [--log-file FILE] [--pid-file FILE]
     stird check-config [--config FILE]
     stird cps serve [--config FILE] [--listen HOST:PORT] [--state-dir DIR] [--redis URL]
+    stird status  [--config FILE | --url URL] [--token-file FILE] [--json]
+    stird calls   [--last N] [--call-id ID] [--verdict V] [--search TEXT] [--json] [...]
 
 Exit status: 0 success (``verify``: valid), 1 ``verify`` not valid, 2 usage or input error,
 141 stdout closed early (``| head``).
@@ -51,12 +53,14 @@ from stird.core.verify import credential_uris
 from stird.services.certcache import CertificateCache
 from stird.services.credentials import StaticCredentials
 from stird.services.ports import CredentialProvider
+from stird.services.status_expiry import ANCHOR, CREDENTIAL, THRESHOLDS, Expiry, not_after
 from stird.services.verdicts import CallVerdict, ServicePolicy
 from stird.services.verification import VerificationService
 from stird.wiring import eventloop
 from stird.wiring.cli_args import build_parser
 from stird.wiring.config import Config, ConfigError, config_path, load_config, with_overrides
 from stird.wiring.exposure import check_exposure, load_token
+from stird.wiring.status_cli import StatusError, cmd_calls, cmd_status
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE: `stird verify ... | head`
@@ -317,6 +321,27 @@ def _credentials_line(config: Config) -> str:
     return f"{len(config.credentials)} credential(s): {names}"
 
 
+def _expiry_warnings(config: Config, now: float) -> list[str]:
+    """Credentials and trust anchors that expire within 30 days (or have expired)."""
+    found: list[Expiry] = []
+    for cred in config.credentials:
+        try:
+            found.append(Expiry(CREDENTIAL, cred.name, not_after(keys.load_certs(cred.cert)[0])))
+        except keys.KeyFileError:
+            continue  # a problem already
+    for anchor in config.verify.trust_anchors:
+        try:
+            certs_ = keys.load_certs(anchor)
+        except keys.KeyFileError:
+            continue
+        found += [Expiry(ANCHOR, c.subject.rfc4514_string(), not_after(c)) for c in certs_]
+    return [
+        f"{item.describe(now)}{': signing with it is refused' if item.days_left(now) < 0 else ''}"
+        for item in found
+        if item.days_left(now) < THRESHOLDS[0]
+    ]
+
+
 def _file_problems(config: Config) -> list[str]:
     """What parsing cannot see: listeners' exposure, the token, keys and certificates."""
     problems: list[str] = []
@@ -355,6 +380,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if problems:
         lines = "\n".join(f"  {p}" for p in problems)
         raise UsageError(f"{path or 'embedded default'}: {len(problems)} problem(s)\n{lines}")
+    for warning in _expiry_warnings(config, time.time()):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{path or 'embedded default'}: OK ({_credentials_line(config)})")
     return EXIT_OK
 
@@ -374,7 +401,8 @@ def cmd_cps(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     return build_parser(
         keygen=cmd_keygen, cert=cmd_cert, sign=cmd_sign, verify=cmd_verify, decode=cmd_decode,
-        serve=cmd_serve, check_config=cmd_check_config, cps=cmd_cps,
+        serve=cmd_serve, check_config=cmd_check_config, cps=cmd_cps, status=cmd_status,
+        calls=cmd_calls,
     )  # fmt: skip
 
 
@@ -401,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return EXIT_BROKEN_PIPE
-    except (UsageError, keys.KeyFileError) as exc:
+    except (UsageError, keys.KeyFileError, StatusError) as exc:
         print(f"stird {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StirError as exc:

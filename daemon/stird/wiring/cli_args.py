@@ -142,6 +142,31 @@ def _check_config(sub: Any, run: Command) -> None:
     p.set_defaults(func=run)
 
 
+def _daemon_args(p: Any) -> None:
+    p.add_argument("--config", metavar="FILE", help="where the daemon listens ([server] http)")
+    p.add_argument("--url", metavar="URL", help="the daemon's HTTP API (default from --config)")
+    p.add_argument(
+        "--token-file", metavar="FILE", help="bearer token (default [server] token_file)"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON as the daemon sent it")
+
+
+def _status(sub: Any, run: Command) -> None:
+    p = sub.add_parser("status", help="the running daemon: verdicts, credentials, peers")
+    _daemon_args(p)
+    p.set_defaults(func=run)
+
+
+def _calls(sub: Any, run: Command) -> None:
+    p = sub.add_parser("calls", help="the running daemon's most recent calls")
+    _daemon_args(p)
+    p.add_argument("--last", type=_positive, default=20, metavar="N", help="at most N (default 20)")
+    p.add_argument("--call-id", metavar="ID", help="one call, with its decoded PASSporTs")
+    p.add_argument("--verdict", metavar="V", help="valid, invalid, no-identity, signed, error...")
+    p.add_argument("--search", metavar="TEXT", help="a number or part of a Call-ID")
+    p.set_defaults(func=run)
+
+
 def build_parser(**commands: Command) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stird", description="STIR companion daemon tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -152,4 +177,6 @@ def build_parser(**commands: Command) -> argparse.ArgumentParser:
     _serve(sub, commands["serve"])
     _check_config(sub, commands["check_config"])
     _cps(sub, commands["cps"])
+    _status(sub, commands["status"])
+    _calls(sub, commands["calls"])
     return parser
