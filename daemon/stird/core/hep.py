@@ -111,6 +111,29 @@ def _text(kind: int, value: bytes) -> str:
         raise HepError(f"chunk type {kind} is not UTF-8") from None
 
 
+_TEXTS = frozenset({ChunkType.PAYLOAD, ChunkType.CORRELATION_ID, ChunkType.AUTH_KEY,
+                    ChunkType.CAPTURE_NAME})  # fmt: skip
+
+
+def _collect(
+    kind: int, value: bytes, ints: dict[int, int], addrs: dict[int, str], texts: dict[int, bytes]
+) -> None:
+    if kind in _UINT:
+        if len(value) != _UINT[kind]:
+            raise HepError(f"chunk type {kind} has {len(value)} bytes, not {_UINT[kind]}")
+        ints[kind] = int.from_bytes(value, "big")
+    elif kind in _ADDR:
+        if len(value) != _ADDR[kind]:
+            raise HepError(f"address chunk type {kind} has {len(value)} bytes")
+        addrs[kind] = _address(value)
+    elif kind == ChunkType.COMPRESSED:
+        raise HepError("compressed payloads are not supported (Asterisk never sends them)")
+    elif kind in _TEXTS:
+        if kind in texts:
+            raise HepError(f"chunk type {kind} appears twice")
+        texts[kind] = value
+
+
 def decode_hep(data: bytes) -> HepPacket:
     """Decode one HEP3 datagram; :class:`HepError` for anything malformed."""
     if len(data) > MAX_DATAGRAM:
@@ -126,23 +149,8 @@ def decode_hep(data: bytes) -> HepPacket:
     addrs: dict[int, str] = {}
     texts: dict[int, bytes] = {}
     for vendor, kind, value in _chunks(data):
-        if vendor != 0:
-            continue  # vendor-specific: not ours
-        if kind in _UINT:
-            if len(value) != _UINT[kind]:
-                raise HepError(f"chunk type {kind} has {len(value)} bytes, not {_UINT[kind]}")
-            ints[kind] = int.from_bytes(value, "big")
-        elif kind in _ADDR:
-            if len(value) != _ADDR[kind]:
-                raise HepError(f"address chunk type {kind} has {len(value)} bytes")
-            addrs[kind] = _address(value)
-        elif kind == ChunkType.COMPRESSED:
-            raise HepError("compressed payloads are not supported (Asterisk never sends them)")
-        elif kind in (ChunkType.PAYLOAD, ChunkType.CORRELATION_ID, ChunkType.AUTH_KEY,
-                      ChunkType.CAPTURE_NAME):  # fmt: skip
-            if kind in texts:
-                raise HepError(f"chunk type {kind} appears twice")
-            texts[kind] = value
+        if vendor == 0:  # vendor-specific chunks are not ours
+            _collect(kind, value, ints, addrs, texts)
     if ChunkType.PAYLOAD not in texts:
         raise HepError("no payload chunk")
     src = addrs.get(ChunkType.IPV4_SRC) or addrs.get(ChunkType.IPV6_SRC)
