@@ -354,7 +354,7 @@ async def test_a_tampered_callee_proof_hangs_the_call_up_through_ami(
 async def test_no_callee_proof_in_the_window_hangs_up(
     tmp_path: Path, lab_factory: Any, ami: tuple[FakeAmi, AmiClient]
 ) -> None:
-    lab, call_id, answer, fake = await outbound_call(tmp_path, lab_factory, ami)
+    lab, call_id, _, fake = await outbound_call(tmp_path, lab_factory, ami)
     policy = lab.api.dialogs.policy
     assert policy is not None
     policy.window = 0.0  # the window has passed once the answer is in
