@@ -375,3 +375,51 @@ async def test_bye_forgets_the_dialog(
     await lab.received(3)
     assert lab.api.dialogs.policy is not None
     assert lab.api.dialogs.policy.phase(call_id) is None
+
+
+async def test_callee_update_after_the_answer_confirms(
+    tmp_path: Path, lab_factory: Any, ami: tuple[FakeAmi, AmiClient]
+) -> None:
+    """RFC 8862 §4.3 proper: the 200 carries no proof, the callee's UPDATE does."""
+    lab, call_id, answer, fake = await outbound_call(tmp_path, lab_factory, ami)
+    lab.send(replayed("14"))  # the captured 200 OK without Identity: the window starts
+    await lab.received(3)
+    await lab.hep.drain()
+    policy = lab.api.dialogs.policy
+    assert policy is not None and policy.phase(call_id) is Phase.ANSWERED
+    ok = parse_sip(answer.encode())
+    sdp = answer.split("\r\n\r\n", 1)[1]
+    head = (
+        f"UPDATE sip:asterisk@127.0.0.1:35060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:35070;branch=z9hG4bK-callee-update-1\r\n"
+        f"From: <sip:{CALLEE}@127.0.0.1>;tag={ok.tag('to')}\r\n"
+        f"To: <sip:{CALLER}@127.0.0.1>;tag={ok.tag('from')}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 UPDATE\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n"
+    )
+    out = await lab.api.sign({"orig": CALLEE, "dest": [CALLER], "sdp": sdp, "ppt": "msec"})
+    [msec] = [v for v in out["identity"] if parse_identity(v)[0].ppt == "msec"]
+    update = set_header(set_header(head + sdp, "Identity", msec), "Date", out["date"])
+    lab.send(replayed("14", update))
+    await lab.received(4)
+    await lab.hep.drain()
+    assert policy.phase(call_id) is Phase.CONFIRMED
+    await policy.tick()
+    assert not [a for a in fake.received if a.get("Action") == "Hangup"]
+
+
+async def test_an_auth_challenge_keeps_the_dialog_tracked(
+    tmp_path: Path, lab_factory: Any, ami: tuple[FakeAmi, AmiClient]
+) -> None:
+    lab, call_id, answer, _ = await outbound_call(tmp_path, lab_factory, ami)
+    challenge = answer.split("\r\n\r\n", 1)[0].replace("SIP/2.0 200 OK", "SIP/2.0 407 Proxy "
+                                                       "Authentication Required", 1)  # fmt: skip
+    challenge = set_header(set_header(challenge + "\r\n\r\n", "Content-Type", None),
+                           "Content-Length", "0")  # fmt: skip
+    lab.send(replayed("14", challenge))
+    await lab.received(3)
+    assert lab.api.dialogs.policy is not None
+    assert lab.api.dialogs.policy.phase(call_id) is Phase.OFFERED
+    lab.send(replayed("14", challenge.replace("407 Proxy Authentication Required", "486 Busy")))
+    await lab.received(4)
+    assert lab.api.dialogs.policy.phase(call_id) is None  # a real failure ends it

@@ -284,9 +284,16 @@ class HepCollector(asyncio.DatagramProtocol):
         policy = self.api.dialogs.policy
         if policy is None or policy.phase(call_id) is None:
             return
-        if message.method == "BYE" or (
-            message.status is not None and message.status >= 300 and cseq and cseq[1] == "INVITE"
-        ):
+        failed = (
+            message.status is not None
+            and message.status >= 300
+            and message.status
+            not in (
+                401,
+                407,  # an authentication challenge: the INVITE is sent again
+            )
+        )
+        if message.method == "BYE" or (failed and cseq is not None and cseq[1] == "INVITE"):
             policy.ended(call_id)
             return
         callee = self._from_callee(call_id, message, cseq)
@@ -296,11 +303,14 @@ class HepCollector(asyncio.DatagramProtocol):
             self._spawn(self._backwards(call_id, message, identity, answered))
 
     def _from_callee(self, call_id: str, message: SipMessage, cseq: Any) -> bool:
-        if message.status is not None:  # responses to our INVITE come from the callee
-            return message.status in _ANSWERS and cseq is not None and cseq[1] == "INVITE"
+        """Responses to the caller's requests carry the caller's From tag; the callee's own
+        requests carry another one."""
+        caller = self._tags.get(call_id) or self.store.caller_tag(call_id)
+        if message.status is not None:
+            to_invite = message.status in _ANSWERS and cseq is not None and cseq[1] == "INVITE"
+            return to_invite and (caller is None or message.tag("from") == caller)
         if message.method not in ("UPDATE", "INVITE", "PRACK"):
             return False
-        caller = self._tags.get(call_id) or self.store.caller_tag(call_id)
         return caller is not None and message.tag("from") != caller
 
     # --- connected identity (RFC 8862 §4.3–4.4) -------------------------------------------
@@ -323,7 +333,7 @@ class HepCollector(asyncio.DatagramProtocol):
             return
         now = self._clock()
         for token in _tokens(message.all("identity")):
-            found = self._expected.pop(token, None)
+            found = self._expected.get(token)  # kept: a challenged INVITE is sent again
             if found is not None and found[1] > now:
                 policy.offered(call_id, DialogHandle(asterisk_channel=found[0]))
                 self._remember_caller(call_id, message.tag("from"))
