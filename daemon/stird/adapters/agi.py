@@ -386,7 +386,7 @@ class AgiServer:
         sdp: str | None = None
         if self.hep is not None and call_id:
             sdp = await self.hep.store.wait_offer(str(call_id), self.hep_wait)
-            self.hep.metrics.sdp.labels("match" if sdp is not None else "miss").inc()
+            self.hep.metrics.hep_sdp.labels("match" if sdp is not None else "miss").inc()
         if sdp is not None:
             params["sdp"] = sdp
             return "checked"

@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import Counter
-
 from stird.adapters.api import StirApi
 from stird.core.errors import StirError
 from stird.core.hep import HepError, SipMessage, decode_hep, parse_sip
@@ -158,28 +156,6 @@ def _has_msec(values: list[str]) -> bool:
     return False
 
 
-class HepMetrics:
-    """``stird_hep_datagrams_total{result}`` and ``stird_hep_sdp_total{result}``."""
-
-    def __init__(self, registry: Any) -> None:
-        def counter(name: str, doc: str) -> Counter:
-            try:
-                return Counter(name, doc, ["result"], registry=registry)
-            except ValueError:  # a second collector on the same registry (tests)
-                return Counter(name, doc, ["result"], registry=None)
-
-        self.datagrams = counter(
-            "stird_hep_datagrams",
-            "HEP datagrams by result (accepted, duplicate, decode-error, auth-failed, not-sip)",
-        )
-        self.sdp = counter(
-            "stird_hep_sdp", "SDP lookups of the verify route by result (match, miss)"
-        )
-        self.backwards = counter(
-            "stird_hep_backwards", "Backwards msec requests seen through HEP by verdict"
-        )
-
-
 class HepCollector(asyncio.DatagramProtocol):
     """The UDP endpoint: decode, authenticate, de-duplicate, then store or act."""
 
@@ -197,7 +173,7 @@ class HepCollector(asyncio.DatagramProtocol):
     ) -> None:
         self.api, self._password = api, password.encode() if password else None
         self.store = store or SdpStore(clock=clock)
-        self.metrics = HepMetrics(api.metrics.registry)
+        self.metrics = api.metrics  # stird_hep_* (stird.adapters.metrics)
         self._digests: OrderedDict[bytes, None] = OrderedDict()
         self._max_digests, self._max_tasks = max_digests, max_tasks
         self._expected: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -237,7 +213,7 @@ class HepCollector(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.health["datagrams"] += 1
         result = self.receive(data)
-        self.metrics.datagrams.labels(result).inc()
+        self.metrics.hep_datagrams.labels(result).inc()
         if result in ("decode-error", "auth-failed"):
             self.health["rejected"] += 1
 
@@ -376,12 +352,12 @@ class HepCollector(asyncio.DatagramProtocol):
                 params["pai"] = pai
             try:
                 body = await self.api.verify({k: v for k, v in params.items() if v})
-                self.metrics.backwards.labels(str(body.get("verdict"))).inc()
+                self.metrics.hep_backwards.labels(str(body.get("verdict"))).inc()
                 log.info("HEP: backwards %s on %s: %s, dialog %s", message.method or
                          message.status, call_id, body.get("verdict"),
                          (body.get("dialog") or {}).get("decision"))  # fmt: skip
             except Exception as exc:  # a bad header, overload: the window decides
-                self.metrics.backwards.labels("error").inc()
+                self.metrics.hep_backwards.labels("error").inc()
                 log.warning("HEP: backwards verification on %s failed: %s", call_id, exc)
         policy = self.api.dialogs.policy
         if answered and policy is not None:
