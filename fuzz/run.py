@@ -48,6 +48,7 @@ MAX_LEN = {  # -max_len: large enough for the biggest real message of each kind
     "certs": 8192,
     "jsonrpc": 8192,
     "requests": 8192,
+    "hep": 65535,  # the HEP3 total length field's limit
 }
 DEFAULT_MAX_LEN = 4096
 

@@ -270,6 +270,11 @@ def _sel(selector: int, items: Iterable[bytes]) -> list[bytes]:
     return [bytes([selector]) + item for item in items]
 
 
+def hep_datagrams() -> list[bytes]:
+    """The 37 HEP3 datagrams captured from Asterisk 22.10.1 (transcripts/hep/*.hep)."""
+    return [p.read_bytes() for p in sorted((SHARED / "asterisk/transcripts/hep").glob("*.hep"))]
+
+
 def build() -> dict[str, list[bytes]]:
     from tests.core import vectors
 
@@ -370,10 +375,19 @@ def build() -> dict[str, list[bytes]]:
         + _sel(2, [_b(e.text) for e in entries])
         + _sel(3, [_b(t) for t in toks] + [b"\x00" * 8, b"a.b.c\x00\x00"])
         + _sel(4, map(_b, jwks)),
+        "hep": _sel(0, hep_datagrams())
+        + _sel(1, [_hep_payload(d) for d in hep_datagrams()[:12]])
+        + _sel(0, [b"HEP3\x00\x06", b"HEP3\x00\x0c\x00\x00\x00\x0f\x00\x06"]),
         "oobkeys": _sel(0, map(_b, pubs))
         + _sel(1, [jose.b64u_decode(p.split(".")[1], "p") for p in pubs])
         + _sel(2, [jose.b64u_decode(p.split(".")[0], "h") for p in pubs]),
     }
+
+
+def _hep_payload(datagram: bytes) -> bytes:
+    from stird.core.hep import decode_hep
+
+    return decode_hep(datagram).payload
 
 
 def write(outdir: Path, only: Iterable[str] | None = None) -> dict[str, int]:

@@ -153,6 +153,28 @@ def sdp(data: bytes) -> None:
         mky_matches(claim, SdpKeys(fps, (), False))
 
 
+@target("hep")
+def hep(data: bytes) -> None:
+    """0: a HEP3 datagram (decode_hep, then parse_sip of its payload and the accessors the
+    collector uses; re-encoding a decoded packet must decode to the same packet);
+    1: a bare SIP message (parse_sip)."""
+    from stird.core.hep import decode_hep, encode_hep, parse_sip
+
+    sel, data = split(data)
+    if sel % 2 == 0:
+        packet = decode_hep(data)
+        payload = packet.payload
+        if packet.src is None or ":" not in packet.src[0]:
+            again = decode_hep(encode_hep(packet))
+            if again.payload != packet.payload or again.correlation_id != packet.correlation_id:
+                raise ContractError("encode_hep/decode_hep do not round-trip")
+    else:
+        payload = data
+    message = parse_sip(payload)
+    _ = (message.call_id, message.cseq, message.tag("from"), message.tag("to"), message.sdp)
+    message.all("identity")
+
+
 _REGIONS = (None, "US", "GB", "DE", "FR", "CH", "xx", "001")
 
 

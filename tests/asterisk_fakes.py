@@ -123,6 +123,8 @@ class FakeChannel:
             values = [v for k, v in self.headers if k.lower() == wanted]
             n = max(int(index), 1)
             return values[n - 1] if n <= len(values) else None
+        if name == "CHANNEL(pjsip,call-id)":  # fact 26: the same string as the header
+            return next((v for k, v in self.headers if k.lower() == "call-id"), None)
         if match := _HEADERS.fullmatch(name):
             names = [k for k, _ in self.headers if k.lower().startswith(match[1].lower())]
             return ",".join(names) or None

@@ -9,7 +9,8 @@ messages (../shared transcripts, copied below) and check that nothing else escap
 Parsers whose property tests live elsewhere are not repeated here: Identity
 (tests/core/test_identity.py), PASSporT (test_passport.py), SDP and mky (test_sdp.py),
 TN/URIs (test_tn.py), TNAuthList (test_certs.py), CPS/OOB/key publications (test_oob.py),
-netstring round trip and error family (tests/adapters/test_netstring.py).
+netstring round trip and error family (tests/adapters/test_netstring.py), HEP3 on the
+captured Asterisk datagrams (tests/core/test_hep.py; structure-aware chunks below).
 
 The coverage-guided fuzzers with the million-input runs are in fuzz/ (fuzz/README.md).
 Tests marked ``# FOUND BY FUZZING`` reproduce crashes those fuzzers found.
@@ -715,3 +716,28 @@ async def test_fuzz_found_ami_repeated_action_id(fake: FakeAmi, client: AmiClien
     await pending
     assert await wait_until(lambda: client.calls.get(UNIQUEID) is not None), "event lost"
     assert client.health["logins"] == 1 and client.connected
+
+
+# --- HEP3 (issue 19): well-framed datagrams with arbitrary chunks --------------------------
+
+_HEP_CHUNK = st.tuples(
+    st.sampled_from([0, 0, 0, 0x0BEE]),
+    st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 0x99]),
+    st.binary(max_size=40) | st.sampled_from([b"", b"INVITE sip:a SIP/2.0\r\nCall-ID: x\r\n\r\n"]),
+)
+
+
+@FAST
+@given(st.lists(_HEP_CHUNK, max_size=16))
+def test_hep_framed_chunks_raise_only_hep_errors(chunks: list[tuple[int, int, bytes]]) -> None:
+    import struct
+
+    from stird.core.hep import HepError, decode_hep, parse_sip
+
+    body = b"".join(struct.pack("!HHH", v, t, 6 + len(value)) + value for v, t, value in chunks)
+    try:
+        packet = decode_hep(b"HEP3" + struct.pack("!H", 6 + len(body)) + body)
+        message = parse_sip(packet.payload)
+        _ = (message.cseq, message.tag("to"), message.sdp, message.call_id)
+    except HepError:
+        pass

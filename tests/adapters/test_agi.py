@@ -256,11 +256,12 @@ async def test_verify_valid_reads_every_identity_header(api: StirApi, serve: Any
     assert reads == [  # lines 1, 2 and the other headers at once; then line 3 (empty)
         "GET FULL VARIABLE ${PJSIP_HEADER(read,Identity,1)}|${PJSIP_HEADER(read,Identity,2)}"
         "|${PJSIP_HEADER(read,From)}|${PJSIP_HEADER(read,P-Asserted-Identity)}"
-        "|${PJSIP_HEADER(read,To)}|${PJSIP_HEADER(read,Date)}|${PJSIP_HEADER(read,Call-ID)}"
+        "|${PJSIP_HEADER(read,To)}|${PJSIP_HEADER(read,Date)}|${CHANNEL(pjsip,call-id)}"
         "|${CHANNEL(pjsip,request_uri)}",
         "GET FULL VARIABLE ${PJSIP_HEADER(read,Identity,3)}",
     ]
-    assert len(channel.commands) == 11  # + clear, 7 results, STIRD_ACTION
+    assert len(channel.commands) == 12  # + clear, 8 results, STIRD_ACTION
+    assert v["STIRD_MKY"] == "unchecked"  # no HEP here: the msec header's mky unchecked
 
 
 async def test_verify_one_identity_line_is_one_read(api: StirApi, serve: Any) -> None:
@@ -293,7 +294,7 @@ async def test_verify_a_value_holding_a_bar_is_read_on_its_own(
         "${PJSIP_HEADER(read,Identity,1)}", "${PJSIP_HEADER(read,Identity,2)}",
         "${PJSIP_HEADER(read,Identity,3)}", "${PJSIP_HEADER(read,From)}",
         "${PJSIP_HEADER(read,P-Asserted-Identity)}", "${PJSIP_HEADER(read,To)}",
-        "${PJSIP_HEADER(read,Date)}", "${PJSIP_HEADER(read,Call-ID)}",
+        "${PJSIP_HEADER(read,Date)}", "${CHANNEL(pjsip,call-id)}",
         "${CHANNEL(pjsip,request_uri)}",
     ]  # fmt: skip
 

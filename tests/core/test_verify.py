@@ -278,3 +278,29 @@ def test_header_json_shape(pki: Pki) -> None:
     assert out["passports"][0]["orig"] == {"tn": ORIG}
     assert out["passports"][0]["failed_check"] is None
     assert isinstance(IdentityHeader("a", "b").format(), str)
+
+
+# --- SipFacts.sdp_unavailable: Asterisk without the HEP copy of the SDP (issue 19) -------
+
+
+def test_sdp_unavailable_verifies_msec_without_its_mky_and_says_so(pki: Pki) -> None:
+    result = verify_request(
+        facts(identity(pki), sdp=None, sdp_unavailable=True), pinned(pki), POLICY, NOW
+    )
+    assert result.verdict is Verdict.VALID, result.to_json()
+    assert result.mky_unchecked
+
+
+def test_sdp_unavailable_is_ignored_when_the_sdp_is_there(pki: Pki) -> None:
+    tampered = SDP.replace(FP1, FP1[:-2] + ("00" if FP1[-2:] != "00" else "11"))
+    bad = verify_request(
+        facts(identity(pki), sdp=tampered, sdp_unavailable=True), pinned(pki), POLICY, NOW
+    )
+    assert bad.code == 438
+    good = verify_request(facts(identity(pki), sdp_unavailable=True), pinned(pki), POLICY, NOW)
+    assert good.verdict is Verdict.VALID and not good.mky_unchecked
+
+
+def test_without_the_flag_msec_still_needs_the_sdp(pki: Pki) -> None:
+    result = verify_request(facts(identity(pki), sdp=None), pinned(pki), POLICY, NOW)
+    assert result.code == 438 and not result.mky_unchecked

@@ -19,12 +19,19 @@ non-empty wins (one ``GET FULL VARIABLE`` reads all variables at once):
 2, … until empty, through GET FULL VARIABLE: GET VARIABLE stops at 1023 characters, fact 5),
 splits comma-joined lines (fact 25), and From, P-Asserted-Identity, To, Date, Call-ID and
 the Request-URI (``CHANNEL(pjsip,request_uri)``: ``EXTEN`` is only its user part, and is
-``s`` inside a Gosub). Lines 1–2 and the rest come in one GET FULL VARIABLE: each command
+``s`` inside a Gosub); the Call-ID is ``CHANNEL(pjsip,call-id)``, the string HEP carries.
+Lines 1–2 and the rest come in one GET FULL VARIABLE: each command
 is a round trip, and under load every round trip waits its turn in stird's event loop.
 Sets ``STIRD_VERDICT``, ``STIRD_CODE``, ``STIRD_REASON``, ``STIRD_VERSTAT``,
-``STIRD_ATTEST``, ``STIRD_PAI``, ``STIRD_REASON_HEADER``.
-The dialplan cannot read the SDP, so `ppt=msec` headers cannot have their `mky` checked:
-they are left out as an unsupported ppt (RFC 8224 §6.2 step 1) and the others verified.
+``STIRD_ATTEST``, ``STIRD_PAI``, ``STIRD_REASON_HEADER``, ``STIRD_MKY``.
+
+The dialplan cannot read the SDP. For a `ppt=msec` header the route takes the INVITE's
+offer from the HEP collector (``[asterisk] hep``, stird.adapters.hep), waiting at most
+``hep_wait`` for its copy; without it ``msec_without_sdp`` decides: ``unchecked`` (verify
+the rest, mky unchecked, never TN-Validation-Passed on it alone), ``ignore`` (left out as an
+unsupported ppt, RFC 8224 §6.2 step 1) or ``reject`` (an msec PASSporT without SDP: 438).
+``STIRD_MKY`` says which: ``checked``, ``unchecked``, ``ignored``, ``rejected``, or empty
+when the call carries no msec PASSporT.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from stird.adapters.api import StirApi
 from stird.adapters.connpolicy import Connection, ConnectionPolicy, Listeners, Phase
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.errors import mapped
+from stird.adapters.hep import HepCollector
 from stird.adapters.overload import Overloaded
 from stird.adapters.requests import MAX_LIST, FieldError
 from stird.adapters.sockets import LISTEN_BACKLOG
@@ -80,7 +88,7 @@ _VERIFY_READS = (
     ("pai", "${PJSIP_HEADER(read,P-Asserted-Identity)}"),
     ("to", "${PJSIP_HEADER(read,To)}"),
     ("date", "${PJSIP_HEADER(read,Date)}"),
-    ("call_id", "${PJSIP_HEADER(read,Call-ID)}"),
+    ("call_id", "${CHANNEL(pjsip,call-id)}"),
     ("ruri", "${CHANNEL(pjsip,request_uri)}"),
 )
 
@@ -103,6 +111,14 @@ class FailAction(enum.StrEnum):
 
     REJECT = "reject"
     CONTINUE = "continue"
+
+
+class MsecWithoutSdp(enum.StrEnum):
+    """What the verify route does with an msec PASSporT whose SDP it cannot see."""
+
+    UNCHECKED = "unchecked"  # verify the rest; mky unchecked, never TN-Validation-Passed
+    IGNORE = "ignore"  # an unsupported ppt (RFC 8224 §6.2 step 1), as before HEP
+    REJECT = "reject"  # an msec PASSporT without SDP: 438
 
 
 class WorkFailed(Exception):
@@ -161,8 +177,13 @@ class AgiServer:
         fail_action: FailAction | str = FailAction.REJECT,
         call_timeout: float = 5.0,
         listeners: Listeners | None = None,
+        hep: HepCollector | None = None,
+        hep_wait: float = 0.05,
+        msec_without_sdp: MsecWithoutSdp | str = MsecWithoutSdp.UNCHECKED,
     ) -> None:
         self.api, self.dtls, self.timeout = api, dtls, timeout
+        self.hep, self.hep_wait = hep, hep_wait
+        self.msec_without_sdp = MsecWithoutSdp(msec_without_sdp)
         self.fail_action = FailAction(fail_action)
         self.call_timeout = call_timeout
         self.listeners = listeners or Listeners.build(ConnectionPolicy())
@@ -331,7 +352,8 @@ class AgiServer:
                 *common,
             ], self.fail_action.value
         verdict = [("STIRD_VERDICT", "error"), *common, ("STIRD_VERSTAT", "No-TN-Validation")]
-        empty = [("STIRD_ATTEST", ""), ("STIRD_PAI", ""), ("STIRD_REASON_HEADER", "")]
+        empty = [("STIRD_ATTEST", ""), ("STIRD_PAI", ""), ("STIRD_REASON_HEADER", ""),
+                 ("STIRD_MKY", "")]  # fmt: skip
         return [*verdict, *empty], self.fail_action.value
 
     async def _call(self, operation: Awaitable[dict[str, Any]]) -> dict[str, Any]:
@@ -350,6 +372,8 @@ class AgiServer:
     async def _sign_work(self, request: AgiRequest, inputs: list[str]) -> tuple[Variables, str]:
         result = await self._call(self.api.sign(self._sign_params(request, inputs)))
         identity = [str(v) for v in result.get("identity", [])]
+        if self.hep is not None and request.channel:  # connected identity (RFC 8862 §4.3)
+            self.hep.expect(identity, request.channel)
         variables = [
             ("STIRD_IDENTITY", identity[0] if identity else ""),
             ("STIRD_IDENTITY_2", identity[1] if len(identity) > 1 else ""),
@@ -384,6 +408,7 @@ class AgiServer:
     async def _verify_work(self, request: AgiRequest) -> tuple[Variables, str]:
         params = await _verify_params(request)
         params["dialog_forming"] = True
+        mky = await self._media(params)
         verdict = await self._call(self.api.verify(params))
         code = verdict.get("code")
         variables = [
@@ -394,8 +419,32 @@ class AgiServer:
             ("STIRD_ATTEST", str(verdict.get("attest") or "")),
             ("STIRD_PAI", str(verdict.get("pai") or "")),
             ("STIRD_REASON_HEADER", str(verdict.get("reason_header") or "")),
+            ("STIRD_MKY", mky),
         ]
         return variables, str(verdict.get("action") or self.fail_action.value)
+
+    async def _media(self, params: dict[str, Any]) -> str:
+        """The SDP for an msec PASSporT's mky (from HEP, bounded wait) or the policy
+        without it; returns what ``STIRD_MKY`` reports."""
+        identities: list[str] = params["identity"]
+        if not any(_is_msec(v) for v in identities):
+            return ""
+        call_id = params.get("call_id")
+        sdp: str | None = None
+        if self.hep is not None and call_id:
+            sdp = await self.hep.store.wait_offer(str(call_id), self.hep_wait)
+            self.hep.metrics.hep_sdp.labels("match" if sdp is not None else "miss").inc()
+        if sdp is not None:
+            params["sdp"] = sdp
+            return "checked"
+        policy = self.msec_without_sdp
+        if policy is MsecWithoutSdp.IGNORE:
+            params["identity"] = [v for v in identities if not _is_msec(v)]
+            return "ignored"
+        if policy is MsecWithoutSdp.UNCHECKED:
+            params["sdp_unavailable"] = True
+            return "unchecked"
+        return "rejected"  # verified without an SDP: 438 (RFC 8862 §4.4 rejects)
 
 
 async def _verify_params(request: AgiRequest) -> dict[str, Any]:
@@ -426,9 +475,8 @@ async def _identity_lines(request: AgiRequest, first: int, lines: list[str]) -> 
 
 
 def _identities(lines: list[str]) -> list[str]:
-    """Every Identity value, one header each, at most MAX_LIST; msec left out."""
-    values = [value for line in lines for value in split_identity(line)]
-    return [v for v in values if not _is_msec(v)][:MAX_LIST]
+    """Every Identity value, one header each, at most MAX_LIST (msec: see _media)."""
+    return [value for line in lines for value in split_identity(line)][:MAX_LIST]
 
 
 def _session_counter(api: StirApi) -> Counter:
@@ -440,4 +488,5 @@ def _session_counter(api: StirApi) -> Counter:
         return Counter(*args, registry=None)
 
 
-__all__ = ["AgiServer", "DtlsCertificates", "DtlsError", "FailAction", "split_identity"]
+__all__ = ["AgiServer", "DtlsCertificates", "DtlsError", "FailAction", "MsecWithoutSdp",
+           "split_identity"]  # fmt: skip

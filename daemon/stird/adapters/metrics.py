@@ -232,6 +232,19 @@ class Metrics:
             "stird_task_restarts", "Background tasks restarted after an exception",
             ["task"], registry=self.registry,
         )  # fmt: skip
+        self.hep_datagrams = Counter(
+            "stird_hep_datagrams",
+            "HEP datagrams by result (accepted, duplicate, decode-error, auth-failed, not-sip)",
+            ["result"], registry=self.registry,
+        )  # fmt: skip
+        self.hep_sdp = Counter(
+            "stird_hep_sdp", "SDP lookups of the FastAGI verify route (match, miss)",
+            ["result"], registry=self.registry,
+        )  # fmt: skip
+        self.hep_backwards = Counter(
+            "stird_hep_backwards", "Backwards msec messages seen through HEP, by verdict",
+            ["result"], registry=self.registry,
+        )  # fmt: skip
         self.reload_failures = Counter(
             "stird_reload_failures",
             "SIGHUP reloads refused (the running configuration stayed)",

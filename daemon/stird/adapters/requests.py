@@ -164,6 +164,7 @@ def sip_facts(raw: Any) -> SipFacts:
         sdp=body.text("sdp"),
         call_id=body.call_id(),
         dialog_forming=body.flag("dialog_forming", True),
+        sdp_unavailable=body.flag("sdp_unavailable", False),
     )
 
 

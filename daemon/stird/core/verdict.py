@@ -56,6 +56,9 @@ class SipFacts:
     sdp: str | None = None
     call_id: str | None = None
     dialog_forming: bool = True
+    #: The PBX cannot show the SDP (Asterisk without its HEP copy): an msec PASSporT is
+    #: verified without its ``mky`` binding, and the verdict says ``"mky": "unchecked"``.
+    sdp_unavailable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,7 @@ class Verification:
     detail: str | None
     passports: tuple[PassportCheck, ...]
     attest: str | None = None
+    mky_unchecked: bool = False  # a valid msec PASSporT's mky was not checked (no SDP)
 
     @property
     def trust(self) -> Trust | None:

@@ -59,6 +59,7 @@ class _Signalling:
     dests: tuple[PartyId, ...]  # To, then Request-URI
     date: int | None
     sdp: SdpKeys | None
+    sdp_unavailable: bool = False  # SipFacts.sdp_unavailable: msec mky left unchecked
 
 
 def _signalling(facts: SipFacts, policy: VerifyPolicy) -> _Signalling:
@@ -75,7 +76,8 @@ def _signalling(facts: SipFacts, policy: VerifyPolicy) -> _Signalling:
         dests.append(party_from_uri(facts.ruri.strip(), default_region=region))
     date = parse_sip_date(facts.date) if facts.date else None
     sdp = parse_sdp_keys(facts.sdp) if facts.sdp else None
-    return _Signalling(tuple(origs), tuple(dests), date, sdp)
+    unavailable = facts.sdp_unavailable and sdp is None
+    return _Signalling(tuple(origs), tuple(dests), date, sdp, unavailable)
 
 
 def _parse_all(values: Iterable[str]) -> list[IdentityHeader | StirError]:
@@ -222,7 +224,10 @@ def _check_authority(sp: SignedPassport, cred: Credential, policy: VerifyPolicy)
 def _check_extension(sp: SignedPassport, sig: _Signalling) -> None:
     """msec (RFC 8862 §3, §4; RFC 8224 §4.1 mky) and shaken (RFC 8588 §4) claims."""
     mky = sp.claims.mky
-    if sp.ppt == Ppt.MSEC:
+    if sp.ppt == Ppt.MSEC and sig.sdp_unavailable:  # the PBX cannot show the SDP
+        if mky is None:
+            raise invalid_passport("msec PASSporT without mky", Check.MKY)
+    elif sp.ppt == Ppt.MSEC:
         if sig.sdp is None or not sig.sdp.all_lines():
             raise invalid_header("msec needs an SDP with a=fingerprint", Check.MKY)
         if sig.sdp.has_k_line:
@@ -395,7 +400,10 @@ def decide(checks: Sequence[PassportCheck], facts: SipFacts, policy: VerifyPolic
     valid = [c for c in supported if c.error is None]
     if valid and not msec_failed:
         attest = min((c.attest for c in valid if c.attest), default=None)
-        return Verification(Verdict.VALID, None, None, tuple(checks), attest)
+        unchecked = (
+            facts.sdp_unavailable and not facts.sdp and any(c.ppt == Ppt.MSEC for c in valid)
+        )
+        return Verification(Verdict.VALID, None, None, tuple(checks), attest, unchecked)
     worst = _pick_error(msec_failed or failed)
     return Verification(Verdict.INVALID, worst.status, worst.detail, tuple(checks))
 

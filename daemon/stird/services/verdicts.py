@@ -103,6 +103,7 @@ class CallVerdict:
     out_of_band: bool = False
     trust: Trust | None = None  # how the best valid PASSporT's credential was trusted
     replay: ReplayStatus | None = None  # None: no valid PASSporT to check
+    mky_unchecked: bool = False  # a valid msec PASSporT's media binding was not checked
 
     @property
     def code(self) -> int | None:
@@ -139,6 +140,7 @@ class CallVerdict:
             "trust": self.trust.value if self.trust else None,
             "replay": self.replay.to_json() if self.replay else None,
             "replay_unchecked": self.replay.reason if self.replay else None,
+            "mky": "unchecked" if self.mky_unchecked else None,
             "passports": [p.to_json() for p in self.passports],
         }
 
@@ -177,6 +179,11 @@ def _msec_rejects(result: Verification, dialog_forming: bool) -> bool:
     return dialog_forming and any(p.ppt == Ppt.MSEC for p in result.failed)
 
 
+def _rests_on_unchecked_mky(result: Verification) -> bool:
+    """Valid only through msec PASSporTs whose mky went unchecked: never TN-Validation-Passed."""
+    return result.mky_unchecked and not any(p.valid and p.ppt != Ppt.MSEC for p in result.passports)
+
+
 def _action_for_invalid(
     result: Verification, policy: ServicePolicy, dialog_forming: bool
 ) -> Action:
@@ -202,7 +209,8 @@ def to_call_verdict(
     if result.verdict is Verdict.VALID:
         action = Action.CONTINUE
         # pin/TOFU prove continuity, not the number; an unrecorded PASSporT may be a replay
-        not_anchored = result.trust is not Trust.ANCHOR
+        # and an msec PASSporT whose mky went unchecked proves nothing about the media
+        not_anchored = result.trust is not Trust.ANCHOR or _rests_on_unchecked_mky(result)
         if not_anchored or (replay is not None and replay.reason in _REPLAY_UNKNOWN):
             verstat = Verstat.NONE
         elif policy.min_attest and result.attest and result.attest > policy.min_attest:
@@ -228,4 +236,5 @@ def to_call_verdict(
         out_of_band=out_of_band,
         trust=result.trust,
         replay=replay,
+        mky_unchecked=result.mky_unchecked,
     )

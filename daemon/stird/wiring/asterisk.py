@@ -1,5 +1,6 @@
-"""Wiring for Asterisk: the FastAGI listener ([server] agi) and the AMI client
-([asterisk] ami_*), built from the configuration and reported in /healthz."""
+"""Wiring for Asterisk: the FastAGI listener ([server] agi), the HEP collector
+([asterisk] hep) and the AMI client ([asterisk] ami_*), built from the configuration and
+reported in /healthz."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from stird.adapters.ami import AmiClient, AmiSettings
 from stird.adapters.api import StirApi
 from stird.adapters.connpolicy import Listeners
 from stird.adapters.dtls import DtlsCertificates
+from stird.adapters.hep import HepCollector
 from stird.adapters.metrics import Metrics
 from stird.wiring.config import AsteriskConfig, Config, ConfigError
+from stird.wiring.exposure import is_loopback
 
 log = logging.getLogger("stird")
 
@@ -24,10 +27,14 @@ class AsteriskLink:
     agi: AgiServer | None = None
     agi_address: tuple[str, int] | None = None
     ami: AmiClient | None = None
+    hep: HepCollector | None = None
+    hep_address: tuple[str, int] | None = None
 
     async def close(self) -> None:
         if self.agi is not None:
             await self.agi.close()
+        if self.hep is not None:
+            await self.hep.close()
         if self.ami is not None:
             await self.ami.close()
 
@@ -57,6 +64,19 @@ def ami_settings(config: AsteriskConfig) -> AmiSettings:
     )
 
 
+def check_hep(config: Config) -> None:
+    """[asterisk] hep stays on loopback like FastAGI: HEP carries no credential worth the
+    name (capture_password travels in clear), and a forged copy would be a forged SDP."""
+    hep = config.asterisk.hep
+    if hep is not None and not is_loopback(hep.host) and not config.server.insecure_expose:
+        raise ConfigError(
+            f"[asterisk] hep: {hep} is not loopback and HEP carries no credentials: keep it "
+            "beside Asterisk (or [server] insecure_expose = true)"
+        )
+    if hep is None and config.asterisk.hep_password:
+        log.warning("[asterisk] hep_password is set but hep is off")
+
+
 async def start_asterisk(
     config: Config,
     api: StirApi,
@@ -69,10 +89,18 @@ async def start_asterisk(
     link = AsteriskLink()
     ast = config.asterisk
     settings = ami_settings(ast) if ast.ami_enabled else None  # ConfigError before listening
+    check_hep(config)
+    if ast.hep is not None:
+        link.hep = HepCollector(api, password=ast.hep_password)
+        link.hep_address = await link.hep.start(ast.hep.host, ast.hep.port)
+        api.health["hep"] = link.hep.health
+        log.info("HEP collector on udp %s:%d", *link.hep_address)
     if config.server.agi is not None:
         dtls = DtlsCertificates(dict(ast.dtls_certs), ast.dtls_fingerprint)
         link.agi = AgiServer(api, dtls, timeout=float(ast.agi_timeout),
-                             fail_action=ast.fail_action, listeners=listeners)  # fmt: skip
+                             fail_action=ast.fail_action, listeners=listeners, hep=link.hep,
+                             hep_wait=float(ast.hep_wait),
+                             msec_without_sdp=ast.msec_without_sdp)  # fmt: skip
         link.agi_address = await link.agi.start(
             config.server.agi.host, config.server.agi.port, sock=agi_sock
         )
@@ -85,4 +113,4 @@ async def start_asterisk(
     return link
 
 
-__all__ = ["AsteriskLink", "ami_settings", "start_asterisk"]
+__all__ = ["AsteriskLink", "ami_settings", "check_hep", "start_asterisk"]

@@ -57,6 +57,7 @@ from stird.services.status_expiry import ANCHOR, CREDENTIAL, THRESHOLDS, Expiry,
 from stird.services.verdicts import CallVerdict, ServicePolicy
 from stird.services.verification import VerificationService
 from stird.wiring import eventloop
+from stird.wiring.asterisk import check_hep
 from stird.wiring.cli_args import build_parser
 from stird.wiring.config import Config, ConfigError, config_path, load_config, with_overrides
 from stird.wiring.exposure import check_exposure, load_token
@@ -244,6 +245,7 @@ def _load(args: argparse.Namespace) -> Config:
         state_dir=args.state_dir,
     )
     check_exposure(config.server)
+    check_hep(config)  # [asterisk] hep: loopback like FastAGI
     return config
 
 
@@ -347,6 +349,7 @@ def _file_problems(config: Config) -> list[str]:
     problems: list[str] = []
     try:
         check_exposure(config.server)
+        check_hep(config)
         if config.server.token_file is not None:
             load_token(config.server.token_file)
     except ConfigError as exc:

@@ -356,6 +356,11 @@ class AsteriskConfig:
     ami_user: str = setting("stird", text)
     ami_secret: str | None = setting(None, text, secret=True)
     ami_secret_file: Path | None = setting(None, path)
+    # HEP3 collector for res_hep_pjsip (the SDP of inbound msec calls, connected identity)
+    hep: HostPort | None = setting(None, optional_hostport)  # UDP, loopback like FastAGI
+    hep_password: str | None = setting(None, text, secret=True)  # hep.conf capture_password
+    hep_wait: float = setting(0.05, number(maximum=1.0))  # verify waits this long for the SDP
+    msec_without_sdp: str = setting("unchecked", one_of("unchecked", "ignore", "reject"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,13 +60,26 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
+def _single_process_reasons(config: Config) -> list[str]:
+    """State that lives in one process's memory and is not shared among workers yet."""
+    reasons = []
+    if embedded_cps(config) and not config.store.redis:
+        reasons.append("the embedded development CPS keeps its entries in memory")
+    if config.asterisk.hep is not None:
+        reasons.append("the HEP collector's SDP store is per process ([asterisk] hep)")
+    if config.dialog.policy != "off":
+        reasons.append("msec dialog tracking is per process ([dialog] policy)")
+    return reasons
+
+
 def worker_count(config: Config) -> int:
-    """``[server] workers``, 0 meaning one per core this process may run on. The embedded
-    development CPS keeps its entries in one process's memory: with it (and no Redis)
-    stird runs one process."""
+    """``[server] workers``, 0 meaning one per core this process may run on. State that is
+    not shared among processes (the embedded CPS without Redis, the HEP SDP store, msec
+    dialog tracking) keeps stird to one process, said in the log."""
     count = config.server.workers or len(os.sched_getaffinity(0))
-    if count > 1 and embedded_cps(config) and not config.store.redis:
-        log.info("the embedded development CPS lives in one process: running one worker")
+    reasons = _single_process_reasons(config) if count > 1 else []
+    if reasons:
+        log.info("running one worker: %s", "; ".join(reasons))
         return 1
     return count
 

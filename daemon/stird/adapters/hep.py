@@ -1,0 +1,367 @@
+"""The HEP3 collector for Asterisk (``res_hep`` + ``res_hep_pjsip``, ``[asterisk] hep``).
+
+Asterisk copies every SIP message it receives or sends to this UDP socket, SDP included
+(../shared/asterisk README fact 33). stird keeps, per Call-ID and for a few seconds:
+
+* the **offer** of the dialog-forming INVITE (an INVITE without To tag): the SDP the
+  FastAGI verify route checks an inbound msec PASSporT's ``mky`` against
+  (:meth:`SdpStore.wait_offer`: the HEP copy usually arrives 3–16 ms before the AGI,
+  but nothing in Asterisk orders the two);
+* nothing else: the callee's answers and in-dialog requests carrying an ``Identity``
+  header on a dialog stird signed (RFC 8862 §4.3) are verified at once as ``backwards``
+  requests and fed to the msec dialog policy, which ends the call through AMI.
+
+There is no direction flag in HEP: the offer is the request without To tag; the
+callee's in-dialog requests are those whose From tag is not the caller's (the From tag
+of the INVITE), and every response to the INVITE comes from the callee.
+
+Retransmissions (identical copies) are dropped by a bounded set of payload digests. With
+``hep_password`` a datagram without the same ``capture_password`` (chunk 14, sent in
+clear by Asterisk: a shared token, compared in constant time) is dropped. Everything is
+bounded: calls, bytes, digests, pending waits and verification tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from stird.adapters.api import StirApi
+from stird.core.errors import StirError
+from stird.core.hep import HepError, SipMessage, decode_hep, parse_sip
+from stird.core.identity import parse_identity
+from stird.core.passport import Ppt
+from stird.services.dialogs import DialogHandle
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BUFFER = 4 << 20  # SO_RCVBUF asked for: bursts of 64 KiB datagrams
+MAX_SDP = 16384  # bytes of one stored SDP body
+_ANSWERS = range(180, 300)
+
+
+@dataclass(slots=True)
+class _Offer:
+    sdp: str
+    from_tag: str | None
+    expires: float
+
+
+class SdpStore:
+    """SDP offers by Call-ID: at most ``max_calls`` entries and ``max_bytes`` of SDP, each
+    kept ``ttl`` seconds; waiters are woken when their Call-ID's offer arrives."""
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 5.0,
+        max_calls: int = 4096,
+        max_bytes: int = 8 << 20,
+        max_waiters: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl, self.max_calls, self.max_bytes = ttl, max_calls, max_bytes
+        self.max_waiters, self._clock = max_waiters, clock
+        self._offers: OrderedDict[str, _Offer] = OrderedDict()
+        self._bytes = 0
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._offers)
+
+    @property
+    def size(self) -> int:
+        return self._bytes
+
+    def _drop(self, call_id: str) -> None:
+        offer = self._offers.pop(call_id, None)
+        if offer is not None:
+            self._bytes -= len(offer.sdp)
+
+    def _expire(self, now: float) -> None:
+        while self._offers:
+            call_id, oldest = next(iter(self._offers.items()))
+            if oldest.expires > now and len(self._offers) <= self.max_calls \
+                    and self._bytes <= self.max_bytes:  # fmt: skip
+                break
+            self._drop(call_id)
+
+    def put_offer(self, call_id: str, sdp: str, from_tag: str | None) -> None:
+        """The dialog-forming INVITE's SDP (the first one seen wins: a retransmission or a
+        forged later copy does not replace it)."""
+        if len(sdp) > MAX_SDP:
+            return
+        now = self._clock()
+        self._expire(now)
+        if call_id in self._offers:
+            return
+        self._offers[call_id] = _Offer(sdp, from_tag, now + self.ttl)
+        self._bytes += len(sdp)
+        self._expire(now)
+        for waiter in self._waiters.pop(call_id, []):
+            if not waiter.done():
+                waiter.set_result(sdp)
+
+    def offer(self, call_id: str) -> str | None:
+        found = self._offers.get(call_id)
+        if found is None or found.expires <= self._clock():
+            return None
+        return found.sdp
+
+    def caller_tag(self, call_id: str) -> str | None:
+        found = self._offers.get(call_id)
+        return found.from_tag if found is not None else None
+
+    async def wait_offer(self, call_id: str, timeout: float) -> str | None:
+        """The offer for ``call_id``, waiting at most ``timeout`` seconds for its copy."""
+        found = self.offer(call_id)
+        if found is not None or timeout <= 0:
+            return found
+        if sum(len(w) for w in self._waiters.values()) >= self.max_waiters:
+            return None
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_id, []).append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(call_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(call_id, None)
+
+
+def _tokens(values: list[str]) -> list[str]:
+    """The PASSporT part of each Identity value (what Asterisk copies byte for byte)."""
+    return [v.split(";", 1)[0].strip() for v in values if v.strip()]
+
+
+def _has_msec(values: list[str]) -> bool:
+    for value in values:
+        try:
+            if any(h.ppt == Ppt.MSEC for h in parse_identity(value)):
+                return True
+        except StirError:
+            continue
+    return False
+
+
+class HepCollector(asyncio.DatagramProtocol):
+    """The UDP endpoint: decode, authenticate, de-duplicate, then store or act."""
+
+    def __init__(
+        self,
+        api: StirApi,
+        *,
+        password: str | None = None,
+        store: SdpStore | None = None,
+        max_digests: int = 8192,
+        max_tasks: int = 256,
+        max_expected: int = 4096,
+        expect_ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api, self._password = api, password.encode() if password else None
+        self.store = store or SdpStore(clock=clock)
+        self.metrics = api.metrics  # stird_hep_* (stird.adapters.metrics)
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self._max_digests, self._max_tasks = max_digests, max_tasks
+        self._expected: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._max_expected, self._expect_ttl, self._clock = max_expected, expect_ttl, clock
+        self._tags: dict[str, str] = {}  # Call-ID -> the caller's From tag (tracked dialogs)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._transport: asyncio.DatagramTransport | None = None
+        self.health: dict[str, Any] = {"address": None, "datagrams": 0, "rejected": 0}
+
+    # --- the socket ----------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 9060) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # capped by net.core.rmem_max: kernel decides
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        name = transport.get_extra_info("sockname")
+        address = (str(name[0]), int(name[1]))
+        self.health["address"] = f"{address[0]}:{address[1]}"
+        return address
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Let pending backwards verifications finish (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.health["datagrams"] += 1
+        result = self.receive(data)
+        self.metrics.hep_datagrams.labels(result).inc()
+        if result in ("decode-error", "auth-failed"):
+            self.health["rejected"] += 1
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors on a UDP socket
+        log.debug("HEP socket: %s", exc)
+
+    # --- one datagram --------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> str:
+        """Handle one datagram; returns the metrics label of what happened to it."""
+        try:
+            packet = decode_hep(data)
+        except HepError as exc:
+            log.debug("HEP datagram dropped: %s", exc.detail)
+            return "decode-error"
+        if self._password is not None and not hmac.compare_digest(
+            packet.auth_key or b"", self._password
+        ):
+            return "auth-failed"
+        if not packet.is_sip:
+            return "not-sip"
+        try:
+            message = parse_sip(packet.payload)
+        except HepError:
+            return "decode-error"
+        if message.digest in self._digests:
+            return "duplicate"
+        self._digests[message.digest] = None
+        while len(self._digests) > self._max_digests:
+            self._digests.popitem(last=False)
+        call_id = message.call_id or packet.correlation_id
+        if call_id:
+            self._handle(call_id, message)
+        return "accepted"
+
+    def _handle(self, call_id: str, message: SipMessage) -> None:
+        cseq = message.cseq
+        if message.method == "INVITE" and message.tag("to") is None:
+            sdp = message.sdp
+            if sdp is not None:
+                self.store.put_offer(call_id, sdp, message.tag("from"))
+            self._offered(call_id, message)
+            return
+        policy = self.api.dialogs.policy
+        if policy is None or policy.phase(call_id) is None:
+            return
+        failed = (
+            message.status is not None
+            and message.status >= 300
+            and message.status
+            not in (
+                401,
+                407,  # an authentication challenge: the INVITE is sent again
+            )
+        )
+        if message.method == "BYE" or (failed and cseq is not None and cseq[1] == "INVITE"):
+            policy.ended(call_id)
+            return
+        callee = self._from_callee(call_id, message, cseq)
+        identity = message.all("identity")
+        answered = message.status in range(200, 300) and cseq is not None and cseq[1] == "INVITE"
+        if callee and (identity or answered):
+            self._spawn(self._backwards(call_id, message, identity, answered))
+
+    def _from_callee(self, call_id: str, message: SipMessage, cseq: Any) -> bool:
+        """Responses to the caller's requests carry the caller's From tag; the callee's own
+        requests carry another one."""
+        caller = self._tags.get(call_id) or self.store.caller_tag(call_id)
+        if message.status is not None:
+            to_invite = message.status in _ANSWERS and cseq is not None and cseq[1] == "INVITE"
+            return to_invite and (caller is None or message.tag("from") == caller)
+        if message.method not in ("UPDATE", "INVITE", "PRACK"):
+            return False
+        return caller is not None and message.tag("from") != caller
+
+    # --- connected identity (RFC 8862 §4.3–4.4) -------------------------------------------
+
+    def expect(self, identities: list[str], channel: str) -> None:
+        """The sign route signed these Identity values for ``channel``: when the INVITE
+        carrying one leaves Asterisk, its Call-ID is tracked by the dialog policy."""
+        if self.api.dialogs.policy is None or not _has_msec(identities):
+            return
+        expires = self._clock() + self._expect_ttl
+        for token in _tokens(identities):
+            self._expected[token] = (channel, expires)
+            self._expected.move_to_end(token)
+        while len(self._expected) > self._max_expected:
+            self._expected.popitem(last=False)
+
+    def _offered(self, call_id: str, message: SipMessage) -> None:
+        policy = self.api.dialogs.policy
+        if policy is None or not self._expected:
+            return
+        now = self._clock()
+        for token in _tokens(message.all("identity")):
+            found = self._expected.get(token)  # kept: a challenged INVITE is sent again
+            if found is not None and found[1] > now:
+                policy.offered(call_id, DialogHandle(asterisk_channel=found[0]))
+                self._remember_caller(call_id, message.tag("from"))
+                return
+
+    def _remember_caller(self, call_id: str, tag: str | None) -> None:
+        if tag:
+            self._tags[call_id] = tag
+            while len(self._tags) > self._max_expected:
+                self._tags.pop(next(iter(self._tags)))
+
+    def _spawn(self, work: Any) -> None:
+        if len(self._tasks) >= self._max_tasks:
+            work.close()
+            log.warning("HEP: too many backwards verifications pending; one dropped")
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _backwards(
+        self, call_id: str, message: SipMessage, identity: list[str], answered: bool
+    ) -> None:
+        """Verify the callee's msec (a response: its From and To swapped back, so that
+        orig is the callee), then tell the policy about the answer."""
+        if identity:
+            response = message.status is not None
+            params: dict[str, Any] = {
+                "identity": identity,
+                "from": message.first("to" if response else "from"),
+                "to": message.first("from" if response else "to"),
+                "date": message.first("date"),
+                "call_id": call_id,
+                "direction": "backwards",
+            }
+            if message.sdp is not None:
+                params["sdp"] = message.sdp
+            pai = message.first("p-asserted-identity")
+            if pai:
+                params["pai"] = pai
+            try:
+                body = await self.api.verify({k: v for k, v in params.items() if v})
+                self.metrics.hep_backwards.labels(str(body.get("verdict"))).inc()
+                log.info("HEP: backwards %s on %s: %s, dialog %s", message.method or
+                         message.status, call_id, body.get("verdict"),
+                         (body.get("dialog") or {}).get("decision"))  # fmt: skip
+            except Exception as exc:  # a bad header, overload: the window decides
+                self.metrics.hep_backwards.labels("error").inc()
+                log.warning("HEP: backwards verification on %s failed: %s", call_id, exc)
+        policy = self.api.dialogs.policy
+        if answered and policy is not None:
+            policy.answered(call_id)
+
+
+__all__ = ["HepCollector", "SdpStore"]
