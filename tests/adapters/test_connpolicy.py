@@ -35,11 +35,16 @@ def closed(listeners: Listeners, listener: str, reason: Reason) -> float:
 
 
 async def eof_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
-    """Everything the server sends until it closes; fails if it is still open then."""
+    """Everything the server sends until it closes; fails if it is still open then. A
+    reset counts as closed: the server closing while the client's bytes are unread in
+    its socket makes the kernel answer with RST instead of FIN."""
     data = b""
     async with asyncio.timeout(seconds):
-        while chunk := await reader.read(65536):
-            data += chunk
+        try:
+            while chunk := await reader.read(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
     return data
 
 
