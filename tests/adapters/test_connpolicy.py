@@ -112,19 +112,19 @@ async def test_a_fresh_request_restarts_the_deadline() -> None:
     assert shut == []
 
 
-async def test_cap_closes_the_longest_waiting_and_refuses_only_when_all_are_busy() -> None:
+async def test_cap_closes_the_oldest_never_completed_and_refuses_only_when_all_are_busy() -> None:
     clock, shut = Clock(), []
     t = tracker(ConnectionPolicy(max_connections=3), clock)
     a, b, c = (t.admit(closer(shut, n), Phase.IDLE) for n in "abc")
     assert a and b and c
     clock.now = 1
-    a.wait(Phase.HEAD)  # a request began on a: now b waited longest
+    a.wait(Phase.HEAD)  # a trickle: a never completed a request and stays the oldest
     assert t.admit(closer(shut, "d")) is not None
-    assert shut == ["b"]
+    assert shut == ["a"]
     for conn in t.connections():
         conn.begin()
     assert t.admit(closer(shut, "e")) is None
-    assert shut == ["b", "e"]
+    assert shut == ["a", "e"]
     assert t.stats.closed.labels("t", "evicted")._value.get() == 1
     assert t.stats.closed.labels("t", "refused")._value.get() == 1
 
@@ -142,6 +142,64 @@ async def test_cap_keeps_a_connection_that_completed_requests() -> None:
         clock.now = step + 1
         assert t.admit(closer(shut, name), Phase.IDLE) is not None
     assert shut == ["a", "b", "c"]
+
+
+async def test_a_recently_served_connection_outranks_every_never_completed_one() -> None:
+    """The PBX's kept-alive connection that answered a request stays while attackers that
+    never completed one are there, even those waiting for a promised body (an HTTP head
+    with Content-Length: its handler waits, it is not being answered); among served ones
+    the longest idle goes first, never one being answered."""
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=4), clock)
+    pbx, other = (t.admit(closer(shut, n), Phase.HEAD) for n in ("pbx", "other"))
+    assert pbx and other
+    for conn in (other, pbx):  # other answered first: pbx is the more recently active
+        conn.begin()
+        conn.end()
+    body = t.admit(closer(shut, "body"), Phase.HEAD)
+    assert body is not None
+    body.begin()  # HTTP: the head is in, the handler waits for the body
+    body.wait(Phase.BODY, lambda: False, fresh=True)
+    idle = t.admit(closer(shut, "idle"), Phase.HEAD)
+    assert idle is not None
+    x, y = (t.admit(closer(shut, n), Phase.HEAD) for n in "xy")
+    assert x and y
+    assert shut == ["body", "idle"]
+    y.begin()  # y is being answered
+    for name in ("z", "w", "v"):
+        last = t.admit(closer(shut, name), Phase.HEAD)
+        assert last is not None
+    assert shut == ["body", "idle", "x", "z", "w"]  # the fresh ones first, y never
+    last.begin()
+    assert t.admit(closer(shut, "u"), Phase.HEAD) is not None
+    assert shut[-1] == "other"  # then the longest idle of the served
+
+
+async def test_no_idle_close_or_eviction_with_a_request_in_the_socket() -> None:
+    """A client reusing a kept-alive connection is not closed as its request arrives:
+    bytes unread in the socket keep the connection from the idle close and the cap."""
+    import socket
+
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=1, idle_timeout=5), clock)
+    ours, peer = socket.socketpair()
+    try:
+        conn = t.admit(closer(shut, "client"), Phase.IDLE, ours.fileno())
+        assert conn is not None
+        conn.begin()
+        conn.end()
+        peer.send(b"POST /v1/verify HTTP/1.1\r\n")  # arrived, not read by the loop yet
+        clock.now = 10
+        t.sweep()
+        assert shut == []
+        assert t.admit(closer(shut, "attacker"), Phase.IDLE) is None
+        assert shut == ["attacker"]
+        ours.recv(100)  # read: now it is idle past its deadline
+        t.sweep()
+        assert shut == ["attacker", "client"]
+    finally:
+        ours.close()
+        peer.close()
 
 
 async def test_budget_drops_the_biggest_unfinished_frame() -> None:

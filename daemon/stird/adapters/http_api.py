@@ -15,7 +15,7 @@ from aiohttp.web_request import BaseRequest
 
 from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
-from stird.adapters.connpolicy import Connection, ConnectionTracker, Phase
+from stird.adapters.connpolicy import Connection, ConnectionTracker, Phase, fd_of
 from stird.adapters.errors import PARSE_ERROR, mapped
 from stird.adapters.jsonrpc import Dispatcher, error
 from stird.adapters.requests import FieldError
@@ -148,7 +148,8 @@ class _PolicedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._conn = self._tracker.admit(cast(asyncio.Transport, transport).abort, Phase.HEAD)
+        tcp = cast(asyncio.Transport, transport)
+        self._conn = self._tracker.admit(tcp.abort, Phase.HEAD, fd_of(tcp))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
