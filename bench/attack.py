@@ -46,7 +46,7 @@ IDLE = {"http": 700, "rpc": 650, "agi": 650}  # 2,000 in all
 FRAMES = 300
 FRAME = b"1048576:" + b"x" * 1_000_000  # unfinished: ~48 KiB and the comma never come
 CPS_CLIENTS = 64
-CPS_PATH = "/cps/+15550001111/ppts"
+CPS_PATH = "/cps/15550001111/ppts"
 
 # --- the attackers (a process of their own) ----------------------------------------------
 
