@@ -160,6 +160,13 @@ class _PolicedHandler(RequestHandler):
         if self._conn is not None:
             self._conn.release()
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp logs a handler's failure with its traceback; not when the policy closed
+        the connection under it (counted and logged by the tracker): formatting a
+        traceback for each evicted attacker cost more than the attack itself."""
+        if self._conn is None or not self._conn.closed:
+            super().log_exception(*args, **kw)
+
     def data_received(self, data: bytes) -> None:
         conn = self._conn
         if conn is not None and not conn.closed:
