@@ -105,12 +105,16 @@ class ConnectionStats:
         self.partial = Gauge(
             "stird_partial_frame_bytes", "Bytes held in unfinished frames", registry=registry
         )
+        self._children: dict[tuple[str, Reason], Counter] = {}  # labels() once per pair
         self._pending: dict[tuple[str, Reason], int] = {}
         self._logged: dict[tuple[str, Reason], float] = {}
 
     def count(self, listener: str, reason: Reason, now: float) -> None:
-        self.closed.labels(listener, reason.value).inc()
         key = (listener, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.closed.labels(listener, reason.value)
+        child.inc()
         self._pending[key] = self._pending.get(key, 0) + 1
         if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
             self.flush(now, key)
