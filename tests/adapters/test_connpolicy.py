@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from stird.adapters import http_api
 from stird.adapters.connpolicy import (
     ConnectionPolicy,
     ConnectionStats,
@@ -227,9 +228,13 @@ async def http() -> AsyncIterator[tuple[int, Listeners]]:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=429, text="slow down")
+
     app = web.Application()
     app.router.add_post("/echo", echo)
     app.router.add_get("/", hello)
+    app.router.add_get("/busy", busy)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     listeners = Listeners.build(
@@ -251,6 +256,30 @@ async def get(port: int) -> bytes:
         return await eof_within(reader, 5)
     finally:
         writer.close()
+
+
+async def test_http_after_a_429_the_next_request_waits_and_is_not_closed(
+    http: tuple[int, Listeners], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood over a kept-alive connection: after a 429 its next request is read only
+    after HOLD_OFF; meanwhile it waits unread in the socket, which keeps the idle close
+    (0.5 s here) from closing the connection under it."""
+    monkeypatch.setattr(http_api, "HOLD_OFF", 0.7)  # < aiohttp's keep-alive backstop, 1 s
+    port, listeners = http
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"slow down"), 5)).startswith(
+            b"HTTP/1.1 429"
+        )
+        await asyncio.sleep(0.1)  # the hold-off began
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(TimeoutError):  # held off (a slow machine only answers later)
+            await asyncio.wait_for(reader.readuntil(b"hello"), 0.4)
+        assert (await asyncio.wait_for(reader.readuntil(b"hello"), 5)).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+    assert closed(listeners, "http", Reason.IDLE) == 0
 
 
 async def test_http_trickled_head_is_closed_at_the_deadline(http: tuple[int, Listeners]) -> None:

@@ -258,10 +258,12 @@ class Connection:
 
     def evictable(self, served: bool) -> bool:
         """Nothing being answered (a never-completed connection waiting for a request's
-        body counts as waiting: its handler only reads), and no request in the socket."""
+        body counts as waiting: its handler only reads), and, between requests, no next
+        one in the socket (checked only then: a peer whose reading is paused could keep
+        bytes there for as long as its head or body deadline runs)."""
         if self.inflight and (served or self.phase is not Phase.BODY):
             return False
-        return self.fd < 0 or not unread(self.fd)
+        return self.phase is not Phase.IDLE or self.fd < 0 or not unread(self.fd)
 
     def deadline(self) -> float | None:
         if self.phase is Phase.IDLE and self.inflight:
