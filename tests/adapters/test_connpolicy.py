@@ -311,6 +311,30 @@ async def test_http_announced_body_never_sent_is_closed(http: tuple[int, Listene
     assert closed(listeners, "http", Reason.BODY) == 1
 
 
+async def test_http_cap_evicts_a_promised_body_never_sent_without_a_traceback(
+    http: tuple[int, Listeners], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Heads announcing a body that never comes fill the cap: they wait for their peer,
+    they are not being answered, so a new connection is served and the oldest of them
+    goes; the handler that failed under it logs no traceback (the tracker counted it)."""
+    port, listeners = http
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+    attackers = []
+    for _ in range(8):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        attackers.append((reader, writer))
+    await asyncio.sleep(0.05)
+    assert (await get(port)).endswith(b"hello")
+    assert await eof_within(attackers[0][0], 1) == b""
+    assert closed(listeners, "http", Reason.EVICTED) == 1
+    assert closed(listeners, "http", Reason.REFUSED) == 0
+    for _, writer in attackers:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert "Error handling request" not in caplog.text
+
+
 async def test_http_idle_keep_alive_is_closed(http: tuple[int, Listeners]) -> None:
     port, listeners = http
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
