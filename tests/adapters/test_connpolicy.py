@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from stird.adapters import http_api
 from stird.adapters.connpolicy import (
     ConnectionPolicy,
     ConnectionStats,
@@ -117,19 +118,19 @@ async def test_a_fresh_request_restarts_the_deadline() -> None:
     assert shut == []
 
 
-async def test_cap_closes_the_longest_waiting_and_refuses_only_when_all_are_busy() -> None:
+async def test_cap_closes_the_oldest_never_completed_and_refuses_only_when_all_are_busy() -> None:
     clock, shut = Clock(), []
     t = tracker(ConnectionPolicy(max_connections=3), clock)
     a, b, c = (t.admit(closer(shut, n), Phase.IDLE) for n in "abc")
     assert a and b and c
     clock.now = 1
-    a.wait(Phase.HEAD)  # a request began on a: now b waited longest
+    a.wait(Phase.HEAD)  # a trickle: a never completed a request and stays the oldest
     assert t.admit(closer(shut, "d")) is not None
-    assert shut == ["b"]
+    assert shut == ["a"]
     for conn in t.connections():
         conn.begin()
     assert t.admit(closer(shut, "e")) is None
-    assert shut == ["b", "e"]
+    assert shut == ["a", "e"]
     assert t.stats.closed.labels("t", "evicted")._value.get() == 1
     assert t.stats.closed.labels("t", "refused")._value.get() == 1
 
@@ -147,6 +148,64 @@ async def test_cap_keeps_a_connection_that_completed_requests() -> None:
         clock.now = step + 1
         assert t.admit(closer(shut, name), Phase.IDLE) is not None
     assert shut == ["a", "b", "c"]
+
+
+async def test_a_recently_served_connection_outranks_every_never_completed_one() -> None:
+    """The PBX's kept-alive connection that answered a request stays while attackers that
+    never completed one are there, even those waiting for a promised body (an HTTP head
+    with Content-Length: its handler waits, it is not being answered); among served ones
+    the longest idle goes first, never one being answered."""
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=4), clock)
+    pbx, other = (t.admit(closer(shut, n), Phase.HEAD) for n in ("pbx", "other"))
+    assert pbx and other
+    for conn in (other, pbx):  # other answered first: pbx is the more recently active
+        conn.begin()
+        conn.end()
+    body = t.admit(closer(shut, "body"), Phase.HEAD)
+    assert body is not None
+    body.begin()  # HTTP: the head is in, the handler waits for the body
+    body.wait(Phase.BODY, lambda: False, fresh=True)
+    idle = t.admit(closer(shut, "idle"), Phase.HEAD)
+    assert idle is not None
+    x, y = (t.admit(closer(shut, n), Phase.HEAD) for n in "xy")
+    assert x and y
+    assert shut == ["body", "idle"]
+    y.begin()  # y is being answered
+    for name in ("z", "w", "v"):
+        last = t.admit(closer(shut, name), Phase.HEAD)
+        assert last is not None
+    assert shut == ["body", "idle", "x", "z", "w"]  # the fresh ones first, y never
+    last.begin()
+    assert t.admit(closer(shut, "u"), Phase.HEAD) is not None
+    assert shut[-1] == "other"  # then the longest idle of the served
+
+
+async def test_no_idle_close_or_eviction_with_a_request_in_the_socket() -> None:
+    """A client reusing a kept-alive connection is not closed as its request arrives:
+    bytes unread in the socket keep the connection from the idle close and the cap."""
+    import socket
+
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(max_connections=1, idle_timeout=5), clock)
+    ours, peer = socket.socketpair()
+    try:
+        conn = t.admit(closer(shut, "client"), Phase.IDLE, ours.fileno())
+        assert conn is not None
+        conn.begin()
+        conn.end()
+        peer.send(b"POST /v1/verify HTTP/1.1\r\n")  # arrived, not read by the loop yet
+        clock.now = 10
+        t.sweep()
+        assert shut == []
+        assert t.admit(closer(shut, "attacker"), Phase.IDLE) is None
+        assert shut == ["attacker"]
+        ours.recv(100)  # read: now it is idle past its deadline
+        t.sweep()
+        assert shut == ["attacker", "client"]
+    finally:
+        ours.close()
+        peer.close()
 
 
 async def test_budget_drops_the_biggest_unfinished_frame() -> None:
@@ -174,9 +233,13 @@ async def http() -> AsyncIterator[tuple[int, Listeners]]:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=429, text="slow down")
+
     app = web.Application()
     app.router.add_post("/echo", echo)
     app.router.add_get("/", hello)
+    app.router.add_get("/busy", busy)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     listeners = Listeners.build(
@@ -198,6 +261,30 @@ async def get(port: int) -> bytes:
         return await eof_within(reader, 5)
     finally:
         writer.close()
+
+
+async def test_http_after_a_429_the_next_request_waits_and_is_not_closed(
+    http: tuple[int, Listeners], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood over a kept-alive connection: after a 429 its next request is read only
+    after HOLD_OFF; meanwhile it waits unread in the socket, which keeps the idle close
+    (0.5 s here) from closing the connection under it."""
+    monkeypatch.setattr(http_api, "HOLD_OFF", 0.7)  # < aiohttp's keep-alive backstop, 1 s
+    port, listeners = http
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /busy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(reader.readuntil(b"slow down"), 5)).startswith(
+            b"HTTP/1.1 429"
+        )
+        await asyncio.sleep(0.1)  # the hold-off began
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(TimeoutError):  # held off (a slow machine only answers later)
+            await asyncio.wait_for(reader.readuntil(b"hello"), 0.4)
+        assert (await asyncio.wait_for(reader.readuntil(b"hello"), 5)).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+    assert closed(listeners, "http", Reason.IDLE) == 0
 
 
 async def test_http_trickled_head_is_closed_at_the_deadline(http: tuple[int, Listeners]) -> None:
@@ -227,6 +314,30 @@ async def test_http_announced_body_never_sent_is_closed(http: tuple[int, Listene
     assert await eof_within(reader, 3) == b""
     writer.close()
     assert closed(listeners, "http", Reason.BODY) == 1
+
+
+async def test_http_cap_evicts_a_promised_body_never_sent_without_a_traceback(
+    http: tuple[int, Listeners], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Heads announcing a body that never comes fill the cap: they wait for their peer,
+    they are not being answered, so a new connection is served and the oldest of them
+    goes; the handler that failed under it logs no traceback (the tracker counted it)."""
+    port, listeners = http
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc"
+    attackers = []
+    for _ in range(8):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head)
+        attackers.append((reader, writer))
+    await asyncio.sleep(0.05)
+    assert (await get(port)).endswith(b"hello")
+    assert await eof_within(attackers[0][0], 1) == b""
+    assert closed(listeners, "http", Reason.EVICTED) == 1
+    assert closed(listeners, "http", Reason.REFUSED) == 0
+    for _, writer in attackers:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert "Error handling request" not in caplog.text
 
 
 async def test_http_idle_keep_alive_is_closed(http: tuple[int, Listeners]) -> None:

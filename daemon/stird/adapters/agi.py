@@ -55,7 +55,7 @@ from stird.adapters.agi_protocol import (
     known,
 )
 from stird.adapters.api import StirApi
-from stird.adapters.connpolicy import Connection, ConnectionPolicy, Listeners, Phase
+from stird.adapters.connpolicy import Connection, ConnectionPolicy, Listeners, Phase, fd_of
 from stird.adapters.dtls import DtlsCertificates, DtlsError
 from stird.adapters.errors import mapped
 from stird.adapters.hep import HepCollector
@@ -243,7 +243,7 @@ class AgiServer:
     async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Admit a connection under the policy: until its ``agi_*`` block is in, it may be
         closed at the header deadline or to make room for a new one at the cap."""
-        conn = self._tracker.admit(writer.transport.abort, Phase.HEAD)
+        conn = self._tracker.admit(writer.transport.abort, Phase.HEAD, fd_of(writer.transport))
         if conn is None:
             self.health["refused"] += 1
             return

@@ -11,11 +11,13 @@ tracker close it when the policy says so:
 * a **deadline** for each request's head (HTTP head, FastAGI ``agi_*`` block, netstring
   length) and for its body (HTTP body, netstring payload), counted from its first byte;
 * an **idle timeout** between requests on a kept-alive connection;
-* a **cap** on the connections of each listener: at the cap, the connection that has
-  waited for its peer the longest is closed to make room (one that never completed a
-  request before one that did: a busy Kamailio connection that pauses while a flood of
-  new connections arrives stays); a new connection is refused only when every open one
-  has a request being answered;
+* a **cap** on the connections of each listener: at the cap, one connection is closed to
+  make room: the oldest of those that never completed a request (what an idle or
+  trickling attacker holds, also one waiting for a body it was promised), else the
+  longest idle of those that did (a kept-alive PBX connection that completed a request
+  within ``idle_timeout`` outranks every never-completed one); never one with a request
+  being answered, nor one whose next request is already waiting in the socket; a new
+  connection is refused only when no open one can go;
 * a **global budget** for unfinished frames (netstring payloads, declared HTTP bodies):
   past it, the connection holding the biggest unfinished frame is closed.
 
@@ -31,9 +33,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import enum
+import fcntl
 import gc
 import logging
 import resource
+import struct
+import termios
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -100,12 +105,16 @@ class ConnectionStats:
         self.partial = Gauge(
             "stird_partial_frame_bytes", "Bytes held in unfinished frames", registry=registry
         )
+        self._children: dict[tuple[str, Reason], Counter] = {}  # labels() once per pair
         self._pending: dict[tuple[str, Reason], int] = {}
         self._logged: dict[tuple[str, Reason], float] = {}
 
     def count(self, listener: str, reason: Reason, now: float) -> None:
-        self.closed.labels(listener, reason.value).inc()
         key = (listener, reason)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.closed.labels(listener, reason.value)
+        child.inc()
         self._pending[key] = self._pending.get(key, 0) + 1
         if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
             self.flush(now, key)
@@ -177,15 +186,41 @@ class FrameBudget:
                 self._trim()
 
 
+def unread(fd: int) -> bool:
+    """Bytes wait in socket ``fd``'s receive queue (``FIONREAD``): a request the loop has
+    not read yet. False when it cannot tell (the descriptor is gone)."""
+    try:
+        raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return False
+    return bool(struct.unpack("i", raw)[0])
+
+
+def fd_of(transport: asyncio.BaseTransport) -> int:
+    """The socket descriptor under ``transport`` (-1 when it has none)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError, AttributeError):
+        return -1
+
+
 class Connection:
     """One accepted connection as its listener reports it (see :class:`ConnectionTracker`)."""
 
-    __slots__ = ("_close", "body_done", "closed", "inflight", "phase", "since", "tracker")
+    __slots__ = (
+        "_close", "body_done", "closed", "fd", "inflight", "phase", "since", "tracker",
+    )  # fmt: skip
 
     def __init__(
-        self, tracker: ConnectionTracker, close: Callable[[], None], phase: Phase, now: float
+        self,
+        tracker: ConnectionTracker,
+        close: Callable[[], None],
+        phase: Phase,
+        now: float,
+        fd: int = -1,
     ) -> None:
-        self.tracker, self._close = tracker, close
+        self.tracker, self._close, self.fd = tracker, close, fd
         self.phase: Phase = phase
         self.since = now  # when the connection entered its phase
         self.inflight = 0  # requests being answered
@@ -203,13 +238,15 @@ class Connection:
             self.tracker.touch(self)
 
     def begin(self) -> None:
-        """A request is complete and being answered: not evictable until :meth:`end`."""
-        if not self.inflight:
-            self.tracker.served(self)
+        """A request is complete (its head, for HTTP) and being answered: not evictable
+        until :meth:`end`, unless it still waits for the request's body."""
         self.inflight += 1
 
     def end(self) -> None:
+        """The answer is out: the connection completed a request."""
         self.inflight -= 1
+        if not self.closed:
+            self.tracker.served(self)
         if self.inflight == 0 and self.phase is Phase.IDLE and not self.closed:
             self.since = self.tracker.clock()  # idle from now
             self.tracker.touch(self)
@@ -218,6 +255,15 @@ class Connection:
         """Bytes of an unfinished frame this connection holds (0 when none)."""
         if self.tracker.budget is not None and not self.closed:
             self.tracker.budget.hold(self, size)
+
+    def evictable(self, served: bool) -> bool:
+        """Nothing being answered (a never-completed connection waiting for a request's
+        body counts as waiting: its handler only reads), and, between requests, no next
+        one in the socket (checked only then: a peer whose reading is paused could keep
+        bytes there for as long as its head or body deadline runs)."""
+        if self.inflight and (served or self.phase is not Phase.BODY):
+            return False
+        return self.phase is not Phase.IDLE or self.fd < 0 or not unread(self.fd)
 
     def deadline(self) -> float | None:
         if self.phase is Phase.IDLE and self.inflight:
@@ -275,27 +321,31 @@ class ConnectionTracker:
     def connections(self) -> list[Connection]:
         return [*self._fresh, *self._served]
 
-    def admit(self, close: Callable[[], None], phase: Phase = Phase.HEAD) -> Connection | None:
-        """Track a new connection, closing the longest-waiting one at the cap; None (and
-        the new connection closed) if every open connection is busy."""
+    def admit(
+        self, close: Callable[[], None], phase: Phase = Phase.HEAD, fd: int = -1
+    ) -> Connection | None:
+        """Track a new connection (``fd``: its socket, checked for an unread request
+        before an idle close), closing one at the cap (see :meth:`_evict`); None (and the
+        new connection closed) if no open one can go."""
         self._ensure_sweeper()
         if len(self) >= self.policy.max_connections and not self._evict():
             self.stats.count(self.listener, Reason.REFUSED, self.clock())
             with contextlib.suppress(Exception):
                 close()
             return None
-        conn = Connection(self, close, phase, self.clock())
+        conn = Connection(self, close, phase, self.clock(), fd)
         self._fresh[conn] = None
         self._gauge.set(len(self))
         return conn
 
     def _evict(self) -> bool:
-        """Close the connection waiting longest for its peer: first among those that never
-        completed a request (what an idle or trickling attacker holds), then among the
-        others (a kept-alive client between requests); never one being answered."""
-        for tier in (self._fresh, self._served):
-            for conn in tier:  # longest waiting first
-                if not conn.inflight:
+        """Close one connection to make room: the oldest that never completed a request
+        (what an idle or trickling attacker holds), else the longest idle of the others
+        (a kept-alive client between requests); never one being answered or with a
+        request waiting in its socket (see :meth:`Connection.evictable`)."""
+        for tier, served in ((self._fresh, False), (self._served, True)):
+            for conn in tier:  # oldest (fresh) or longest idle (served) first
+                if conn.evictable(served):
                     conn.drop(Reason.EVICTED)
                     return True
         return False
@@ -305,11 +355,14 @@ class ConnectionTracker:
         if conn in self._fresh:
             del self._fresh[conn]
             self._served[conn] = None
+        elif conn in self._served:
+            self._served.move_to_end(conn)
 
     def touch(self, conn: Connection) -> None:
-        for tier in (self._fresh, self._served):
-            if conn in tier:
-                tier.move_to_end(conn)
+        """``conn`` changed phase: a served one moves to the end of its tier (idle from
+        now); a never-completed one keeps its place (its age counts from the accept)."""
+        if conn in self._served:
+            self._served.move_to_end(conn)
 
     def forget(self, conn: Connection) -> None:
         for tier in (self._fresh, self._served):
@@ -326,6 +379,8 @@ class ConnectionTracker:
                 continue
             deadline = conn.deadline()
             if deadline is not None and now >= deadline:
+                if conn.phase is Phase.IDLE and conn.fd >= 0 and unread(conn.fd):
+                    continue  # its next request is here: the loop reads it next
                 conn.drop(Reason(conn.phase.value))
         self.stats.flush(now)
         if self.budget is not None:
@@ -399,5 +454,7 @@ __all__ = [
     "Listeners",
     "Phase",
     "Reason",
+    "fd_of",
     "raise_fd_limit",
+    "unread",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 import socket
@@ -15,7 +16,7 @@ from aiohttp.web_request import BaseRequest
 
 from stird.adapters import jsoncodec
 from stird.adapters.api import StirApi
-from stird.adapters.connpolicy import Connection, ConnectionTracker, Phase
+from stird.adapters.connpolicy import Connection, ConnectionTracker, Phase, fd_of
 from stird.adapters.errors import PARSE_ERROR, mapped
 from stird.adapters.jsonrpc import Dispatcher, error
 from stird.adapters.requests import FieldError
@@ -139,6 +140,9 @@ def build_app(
 # tracker closes it past its deadline, at the listener's cap or past the frame budget.
 
 
+HOLD_OFF = 0.5  # seconds a connection's reading pauses after a 429 or 503 answer on it
+
+
 class _PolicedHandler(RequestHandler):
     """aiohttp's per-connection protocol, reporting its phases to a tracker."""
 
@@ -152,12 +156,20 @@ class _PolicedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._conn = self._tracker.admit(cast(asyncio.Transport, transport).abort, Phase.HEAD)
+        tcp = cast(asyncio.Transport, transport)
+        self._conn = self._tracker.admit(tcp.abort, Phase.HEAD, fd_of(tcp))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         if self._conn is not None:
             self._conn.release()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp logs a handler's failure with its traceback; not when the policy closed
+        the connection under it (counted and logged by the tracker): formatting a
+        traceback for each evicted attacker cost more than the attack itself."""
+        if self._conn is None or not self._conn.closed:
+            super().log_exception(*args, **kw)
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
@@ -188,12 +200,32 @@ class _PolicedHandler(RequestHandler):
         else:
             conn.wait(Phase.BODY, content.is_eof, fresh=True)
         try:
-            return await super()._handle_request(request, start_time, request_handler)
+            answer = await super()._handle_request(request, start_time, request_handler)
         finally:
             conn.hold(0)  # the body is the handler's (or abandoned) now
             if conn.phase is Phase.BODY:
                 conn.wait(Phase.IDLE)
             conn.end()
+        if answer[0].status in (429, 503):
+            self._hold_off()
+        return answer
+
+    def _hold_off(self) -> None:
+        """Told to slow down (429, 503): this connection's next request is read only after
+        :data:`HOLD_OFF` s, so a flood over kept-alive connections cannot queue ahead of
+        everyone else's requests as fast as it is refused."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        with contextlib.suppress(RuntimeError, AttributeError):
+            transport.pause_reading()
+            asyncio.get_running_loop().call_later(HOLD_OFF, self._resume)
+
+    def _resume(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(RuntimeError, AttributeError):
+                transport.resume_reading()
 
 
 class PolicedSite(web.SockSite):

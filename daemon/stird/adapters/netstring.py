@@ -17,7 +17,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stird.adapters import jsoncodec
-from stird.adapters.connpolicy import Connection, ConnectionPolicy, Listeners, Phase, Reason
+from stird.adapters.connpolicy import (
+    Connection,
+    ConnectionPolicy,
+    Listeners,
+    Phase,
+    Reason,
+    fd_of,
+)
 from stird.adapters.sockets import LISTEN_BACKLOG
 
 log = logging.getLogger(__name__)
@@ -175,7 +182,7 @@ class NetstringServer:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self._tracker.admit(writer.transport.abort, Phase.IDLE)
+        conn = self._tracker.admit(writer.transport.abort, Phase.IDLE, fd_of(writer.transport))
         task = asyncio.current_task()
         if conn is None or task is None:
             return
