@@ -287,3 +287,33 @@ async def test_a_late_loop_refuses_cps_before_sign_verify_is_shed() -> None:
         shedder.observe(0.01)
         async with s.get(f"{url}/cps/{TN}/ppts") as r:
             assert r.status == 200
+
+
+async def test_the_gate_lets_a_few_cps_requests_work_at_a_time() -> None:
+    """A flood's requests wait suspended for a turn (so sign/verify share the loop with
+    a few of them, not all), and past the queue they are refused at once."""
+    from stird.adapters.cps_server import CpsBusy, _Gate
+
+    gate = _Gate(concurrent=2, queued=3)
+    working, most = 0, 0
+    release = asyncio.Event()
+
+    async def request() -> str:
+        nonlocal working, most
+        try:
+            async with gate.turn():
+                working += 1
+                most = max(most, working)
+                await release.wait()
+                working -= 1
+        except CpsBusy:
+            return "busy"
+        return "served"
+
+    tasks = [asyncio.create_task(request()) for _ in range(8)]
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert most == 2
+    assert results.count("served") == 5 and results.count("busy") == 3
+    assert gate.refused == 3

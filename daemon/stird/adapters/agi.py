@@ -358,7 +358,8 @@ class AgiServer:
 
     async def _call(self, operation: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         try:
-            return await asyncio.wait_for(operation, self.call_timeout)
+            async with asyncio.timeout(self.call_timeout):  # no wait_for task (agi_protocol)
+                return await operation
         except TimeoutError:
             raise WorkFailed(f"no answer within {self.call_timeout} s") from None
         except StirError:  # a bad field too

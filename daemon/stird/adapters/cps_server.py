@@ -24,9 +24,11 @@ anonymous one (and charged to the anonymous rate too).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any
@@ -64,6 +66,34 @@ class CpsLimits:
     signed_rate: float = 50.0  # signed stores and key publications (before the check)
     signed_burst: float = 100.0
     max_clients: int = 10_000  # buckets per table (least recently used forgotten)
+    concurrent: int = 4  # CPS requests working at once (the rest wait, suspended)
+    queued: int = 64  # CPS requests waiting for a turn; past it: 503 at once
+
+
+class _Gate:
+    """At most ``concurrent`` CPS requests work at a time: a flood's requests wait
+    suspended instead of all becoming ready in one loop pass, so sign and verify share
+    the event loop with a few CPS requests at a time, not with the whole flood."""
+
+    def __init__(self, concurrent: int, queued: int) -> None:
+        self._slots = asyncio.Semaphore(concurrent)
+        self._waiting, self._queued = 0, queued
+        self.refused = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self._waiting >= self._queued:
+            self.refused += 1
+            raise CpsBusy("busy: try again later", 1.0)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 class _Admission:
@@ -164,10 +194,10 @@ def _bearer(request: web.Request) -> str | None:
 class _Routes:
     def __init__(
         self, service: CpsService, directory: KeyDirectory | None, max_body: int,
-        admission: _Admission,
+        admission: _Admission, gate: _Gate,
     ) -> None:  # fmt: skip
         self.service, self.directory, self.max_body = service, directory, max_body
-        self.admission = admission
+        self.admission, self.gate = admission, gate
 
     async def store(self, request: web.Request) -> web.Response:
         token = _bearer(request)
@@ -175,10 +205,13 @@ class _Routes:
         tn = cps.parse_tn(request.match_info["tn"])
         if request.content_type not in (cps.PASSPORT_TYPE, cps.JSON_TYPE):
             return _error(415, f"Content-Type must be {cps.PASSPORT_TYPE} or {cps.JSON_TYPE}")
-        body = await _read(request, self.max_body)
-        entries = cps.parse_store_body(request.content_type, body, self.service.policy.max_batch)
-        signer = None if token is None else self._signer(token, tn, body, request)
-        ids = await self.service.store(tn, entries, client, signer)
+        body = await _read(request, self.max_body)  # outside the gate: a slow peer waits alone
+        async with self.gate.turn():  # a few CPS requests at a time
+            entries = cps.parse_store_body(
+                request.content_type, body, self.service.policy.max_batch
+            )
+            signer = None if token is None else self._signer(token, tn, body, request)
+            ids = await self.service.store(tn, entries, client, signer)
         locations = [cps.entry_path(tn, i) for i in ids]
         doc = {"ids": list(ids), "locations": locations, "ttl": self.service.policy.ttl}
         return web.json_response(doc, status=201, headers={"Location": locations[0]})
@@ -195,17 +228,19 @@ class _Routes:
 
     async def collection(self, request: web.Request) -> web.Response:
         self.admission.admit("retrieve", request)
-        tn = cps.parse_tn(request.match_info["tn"])
-        items = await self.service.retrieve(tn)
-        doc = cps.list_document(tn, [(item.id, item.entry) for item in items])
-        return web.json_response(doc, headers=_NO_STORE)
+        async with self.gate.turn():  # a few CPS requests at a time
+            tn = cps.parse_tn(request.match_info["tn"])
+            items = await self.service.retrieve(tn)
+            doc = cps.list_document(tn, [(item.id, item.entry) for item in items])
+            return web.json_response(doc, headers=_NO_STORE)
 
     async def one(self, request: web.Request) -> web.Response:
         self.admission.admit("retrieve", request)
-        tn = cps.parse_tn(request.match_info["tn"])
-        entry = await self.service.get(tn, request.match_info["id"])
-        headers = {**_NO_STORE, "Link": f'<{cps.collection_path(tn)}>; rel="collection"'}
-        return web.Response(text=entry.text, content_type=cps.PASSPORT_TYPE, headers=headers)
+        async with self.gate.turn():  # a few CPS requests at a time
+            tn = cps.parse_tn(request.match_info["tn"])
+            entry = await self.service.get(tn, request.match_info["id"])
+            headers = {**_NO_STORE, "Link": f'<{cps.collection_path(tn)}>; rel="collection"'}
+            return web.Response(text=entry.text, content_type=cps.PASSPORT_TYPE, headers=headers)
 
     def _directory(self) -> KeyDirectory:
         if self.directory is None:
@@ -217,20 +252,22 @@ class _Routes:
         tn = cps.parse_tn(request.match_info["tn"])
         directory = self._directory()
         try:
-            token = (await _read(request, MAX_KEYS_BODY)).decode("ascii")
+            token = (await _read(request, MAX_KEYS_BODY)).decode("ascii")  # outside the gate
         except UnicodeDecodeError:
             return _error(400, "a key publication is an ASCII JWS")
-        if tn not in oobkeys.read_publication(token).tns:
-            return _error(400, f"the publication does not name {tn}")
-        pub = await directory.publish(token)
+        async with self.gate.turn():  # a few CPS requests at a time
+            if tn not in oobkeys.read_publication(token).tns:
+                return _error(400, f"the publication does not name {tn}")
+            pub = await directory.publish(token)
         doc = {"tns": list(pub.tns), "kids": [k.kid for k in pub.keys], "exp": pub.exp}
         return web.json_response(doc, status=201 if request.method == "POST" else 200)
 
     async def keys(self, request: web.Request) -> web.Response:
         self.admission.admit("retrieve", request)
-        tn = cps.parse_tn(request.match_info["tn"])
-        entry = await self._directory().lookup(tn)
-        return web.json_response(entry.to_json(), headers={"Cache-Control": "max-age=30"})
+        async with self.gate.turn():  # a few CPS requests at a time
+            tn = cps.parse_tn(request.match_info["tn"])
+            entry = await self._directory().lookup(tn)
+            return web.json_response(entry.to_json(), headers={"Cache-Control": "max-age=30"})
 
 
 def add_cps_routes(
@@ -245,8 +282,10 @@ def add_cps_routes(
 ) -> dict[str, int]:
     """Mount ``/cps/{tn}/ppts…`` and, with a directory, ``/keys/{tn}`` on ``app``;
     returns the live counts of requests refused at admission, by reason."""
-    admission = _Admission(limits or CpsLimits(), lagging, clock)
-    routes = _Routes(service, directory, max_body, admission)
+    limits = limits or CpsLimits()
+    admission = _Admission(limits, lagging, clock)
+    gate = _Gate(limits.concurrent, limits.queued)
+    routes = _Routes(service, directory, max_body, admission, gate)
     app.router.add_post("/cps/{tn}/ppts", _guard(routes.store))
     app.router.add_get("/cps/{tn}/ppts", _guard(routes.collection))
     app.router.add_get("/cps/{tn}/ppts/{id}", _guard(routes.one))

@@ -170,6 +170,13 @@ class _PolicedHandler(RequestHandler):
         traceback for each evicted attacker cost more than the attack itself."""
         if self._conn is None or not self._conn.closed:
             super().log_exception(*args, **kw)
+            return
+        exc = kw.get("exc_info")
+        if isinstance(exc, BaseException):
+            # the request's payload reader keeps this exception, whose frames keep the
+            # request: a cycle per evicted connection that only a full (slow) collection
+            # would free. Its traceback is of no use to anyone: drop it.
+            exc.__traceback__ = None
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn

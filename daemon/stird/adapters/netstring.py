@@ -258,7 +258,8 @@ class _Connection:
                 data = encode(jsoncodec.dumps(answer))
                 async with self._lock:
                     self._writer.write(data)
-                    await asyncio.wait_for(self._writer.drain(), self._policy.body_timeout)
+                    async with asyncio.timeout(self._policy.body_timeout):  # no wait_for task
+                        await self._writer.drain()
         except TimeoutError:
             self._conn.drop(Reason.SEND)  # the peer does not read its answers
         except ConnectionError:
