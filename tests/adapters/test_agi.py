@@ -351,6 +351,9 @@ async def test_a_missing_field_is_400_and_applies_the_fail_action(api: StirApi, 
     assert (v["STIRD_ACTION"], v["STIRD_CODE"], v["STIRD_REASON"], v["STIRD_VERDICT"],
             v["STIRD_VERSTAT"]) == ("continue", "400", "Bad Request", "error",
                                     "No-TN-Validation")  # fmt: skip
+    # the call goes on unverified on stird's word: counted for the operator (issue #18)
+    text = api.metrics.render().decode()
+    assert 'stird_fail_open_total{code="400",interface="agi",route="verify"} 1.0' in text
 
 
 # --- the wire ----------------------------------------------------------------------------

@@ -344,6 +344,8 @@ class AgiServer:
             "FastAGI %s on %s failed: %d %s (%s); telling the dialplan to %s",
             route, request.channel, code, reason, detail, self.fail_action.value,
         )  # fmt: skip
+        if self.fail_action is FailAction.CONTINUE:  # the call goes on unsigned/unverified
+            self.api.metrics.fail_open.labels("agi", route, str(code)).inc()
         common = [("STIRD_CODE", str(code)), ("STIRD_REASON", reason)]
         if route == "sign":
             return [

@@ -228,6 +228,12 @@ class Metrics:
             "stird_msec_dialogs", "msec dialog policy outcomes (RFC 8862 §4.4)",
             ["outcome", "policy"], registry=self.registry,
         )  # fmt: skip
+        self.fail_open = Counter(
+            "stird_fail_open",
+            "Calls stird could not sign or verify and told the PBX to let through anyway "
+            "(FastAGI fail_action = continue); Kamailio counts its own (stird.cfg)",
+            ["interface", "route", "code"], registry=self.registry,
+        )  # fmt: skip
         self.task_restarts = Counter(
             "stird_task_restarts", "Background tasks restarted after an exception",
             ["task"], registry=self.registry,
