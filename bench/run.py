@@ -681,6 +681,10 @@ class Bench:
             import pdd  # noqa: PLC0415
 
             self.phase("pdd", lambda: pdd.run_phase(self.quick), min_left=0)
+        elif name == "workers":
+            import workers  # noqa: PLC0415
+
+            self.phase("workers", lambda: workers.run_phase(self.quick), min_left=0)
         else:
             self.start_stird()
             asyncio.run(self.sign_identity())
@@ -708,6 +712,9 @@ class Bench:
             self.phase("rss", self.rss, min_left=20)
             self.procs.stop_all()
         self.phase("cps", self.cps)
+        import workers  # noqa: PLC0415
+
+        self.phase("workers", lambda: workers.run_phase(self.quick))
         self.out["targets"] = targets(self.out)
         self.out["notes"] = self.notes
         self.out["facts"]["loadavg_end"] = os.getloadavg()[0]
@@ -871,8 +878,9 @@ def main() -> int:
     parser.add_argument("--out", metavar="FILE", help="also write the JSON document here")
     parser.add_argument(
         "--phase",
-        choices=("pdd", "agi", "jsonrpc"),
-        help="run only this phase (pdd: SIPp through Kamailio, bench/pdd.py)",
+        choices=("pdd", "agi", "jsonrpc", "workers"),
+        help="run only this phase (pdd: SIPp through Kamailio, bench/pdd.py; workers: "
+        "sign throughput and CPU per 1,000 requests against [server] workers, bench/workers.py)",
     )
     parser.add_argument(
         "--daemon",

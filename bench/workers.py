@@ -82,7 +82,8 @@ def measure(workers: int, seconds: float, connections: int) -> dict[str, Any]:
                 "--http", f"127.0.0.1:{port}", "--jsonrpc", "off", "--agi", "off",
                 "--state-dir", str(Path(tmp) / "state"), "--log-level", "warning"]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(ROOT / "daemon"))
-        proc = subprocess.Popen(argv, env=env)  # noqa: S603 - our own argv
+        every_core = ["taskset", "-c", f"0-{(os.cpu_count() or 1) - 1}"]  # run.py pins itself
+        proc = subprocess.Popen([*every_core, *argv], env=env)  # noqa: S603 - our own argv
         try:
             wait_port(port, proc)
             asyncio.run(_load(port, 4, 1.0))  # warm-up: imports, caches, every worker
@@ -101,6 +102,17 @@ def measure(workers: int, seconds: float, connections: int) -> dict[str, Any]:
         "cpu_s_per_1000": round(1000 * cpu / max(done, 1), 3),
         "requests_by_worker": sorted(spread.values(), reverse=True),
     }
+
+
+def run_phase(quick: bool, counts: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """The ``workers`` phase of bench/run.py: throughput and CPU-seconds per 1,000 sign
+    requests against the number of workers."""
+    seconds = 4.0 if quick else 10.0
+    rows = [measure(n, seconds, 16) for n in counts]
+    base = rows[0]["cpu_s_per_1000"]
+    for row in rows:
+        row["cpu_vs_first"] = round(row["cpu_s_per_1000"] / base, 3) if base else None
+    return {"rows": rows, "cores": os.cpu_count()}
 
 
 def main() -> int:
