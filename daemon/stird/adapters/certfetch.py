@@ -14,12 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import ssl
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 
+from stird.adapters.closing import AsyncClosing
 from stird.adapters.httpclient import (
     FetchPolicy,
     HardenedClient,
@@ -129,7 +129,7 @@ def _check_response(resp: aiohttp.ClientResponse) -> None:
 # --- the fetcher ---------------------------------------------------------------------------
 
 
-class HttpCertificateFetcher:
+class HttpCertificateFetcher(AsyncClosing):
     """:class:`~stird.services.ports.CertificateFetcher` over the hardened client.
 
     One session (and connection pool) is created on first use and shared by every fetch;
@@ -177,14 +177,3 @@ class HttpCertificateFetcher:
 
     async def close(self) -> None:
         await self._client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from stird.adapters.closing import AsyncClosing
 from stird.adapters.cps_memory import DEFAULT_MAX_BYTES, entry_cost
 from stird.adapters.redis_client import DEFAULT_URL, RedisClient
 from stird.services.ports import CpsAdmission, CpsCaps
@@ -122,7 +122,7 @@ def _ms(seconds: float) -> int:
     return math.floor(seconds * 1000)
 
 
-class RedisCpsStore:
+class RedisCpsStore(AsyncClosing):
     def __init__(
         self,
         url: str = DEFAULT_URL,
@@ -181,14 +181,3 @@ class RedisCpsStore:
 
     async def close(self) -> None:
         await self._client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

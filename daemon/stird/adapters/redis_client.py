@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -22,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
+from stird.adapters.closing import AsyncClosing
 from stird.services.stores import StoreFull, StoreUnavailable
 
 _T = TypeVar("_T")
@@ -29,7 +29,7 @@ _T = TypeVar("_T")
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
-class RedisClient:
+class RedisClient(AsyncClosing):
     """One pool of at most ``max_connections``; every call bounded by ``timeout``."""
 
     def __init__(
@@ -71,14 +71,3 @@ class RedisClient:
 
     async def close(self) -> None:
         await self.redis.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -8,9 +8,8 @@ pool, timeouts, no retries, one deadline); any Redis error or timeout becomes
 from __future__ import annotations
 
 import math
-from types import TracebackType
-from typing import Self
 
+from stird.adapters.closing import AsyncClosing
 from stird.adapters.redis_client import DEFAULT_URL, RedisClient
 from stird.services.stores import StoreUnavailable
 
@@ -20,7 +19,7 @@ def _px(ttl: float) -> int:
     return max(1, math.ceil(ttl * 1000))
 
 
-class RedisStore:
+class RedisStore(AsyncClosing):
     """Keys are namespaced by ``prefix``; values are bytes; TTLs use ``SET … PX``.
 
     At most ``max_connections`` connections: under a burst, requests wait (within
@@ -73,14 +72,3 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
