@@ -457,3 +457,33 @@ async def test_replay_unchecked_for_want_of_room_is_not_tn_validated(pki: Pki) -
     second = await svc.verify(facts(shaken(pki.leaf_key), call_id="b"))
     assert (second.verdict, second.to_json()["replay"]) == ("valid", "unchecked")
     assert second.verstat is Verstat.NONE
+
+
+async def test_200000_valid_passports_at_the_default_size_cannot_flush_an_old_one() -> None:
+    """The issue's number, at the daemon's default replay cache (peak rate × window):
+    200,000 valid PASSporTs, as they reach the replay check, and the first one is still a
+    replay; past the bound the verifier refuses (503), it never forgets."""
+    from stird.core.verdict import PassportCheck
+    from stird.wiring.app import replay_capacity, replay_store_for
+    from stird.wiring.config import Config
+
+    config = Config()
+    store = replay_store_for(config)
+    svc = VerificationService(FakeProvider({}), DictStore(), ServicePolicy(),
+                              clock=lambda: NOW, replay_store=store)  # fmt: skip
+
+    def valid(i: int) -> PassportCheck:
+        return PassportCheck(index=0, supported=True, replay_id=i.to_bytes(16, "big"))
+
+    first = valid(0)
+    assert (await svc._refuse_replays((first,), facts(call_id="victim")))[1].checked  # type: ignore[union-attr]
+    refused = 0
+    for i in range(1, 200_000):
+        try:
+            await svc._refuse_replays((valid(i),), facts(call_id=f"c{i}"))
+        except StirError as exc:
+            assert exc.code == 503
+            refused += 1
+    assert refused == 200_000 - replay_capacity(config)
+    checks, _ = await svc._refuse_replays((first,), facts(call_id="attacker"))
+    assert checks[0].error is not None and checks[0].error.check.value == "replay"
