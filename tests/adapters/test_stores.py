@@ -381,8 +381,10 @@ async def test_redis_full_refuses_each_batched_add(redis_url: str, redis_store: 
 
 
 async def test_redis_a_cancelled_add_leaves_its_batch_alone(redis_store: RedisStore) -> None:
+    """The first add of a tick gathers the others; cancelled (its caller hung up) while
+    they join, it still lets them go, and each gets its own answer."""
     tasks = [asyncio.create_task(redis_store.add(f"c{i}", b"v", 10)) for i in range(10)]
-    await asyncio.sleep(0)  # all queued; the batch is being sent
+    await asyncio.sleep(0)  # all queued; the first is waiting for the others to join
     tasks[0].cancel()
     results = await asyncio.gather(*tasks[1:])
     assert results == [True] * 9

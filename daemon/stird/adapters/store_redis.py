@@ -61,7 +61,7 @@ class RedisStore(AsyncClosing):
         self._prefix = prefix
         self._client = RedisClient(url, timeout=timeout, max_connections=max_connections)
         self._redis, self._call = self._client.redis, self._client.call
-        self._queued: list[_Add] = []  # the adds of this tick, flushed at its end
+        self._queued: list[_Add] = []  # the adds of this tick, sent at its end
         self._sending: set[asyncio.Task[None]] = set()
 
     async def get(self, key: str) -> bytes | None:
@@ -74,15 +74,29 @@ class RedisStore(AsyncClosing):
         await self._call(self._redis.set(self._prefix + key, value, px=_px(ttl)))
 
     async def add(self, key: str, value: bytes, ttl: float) -> bool:
-        """``SET key value PX ttl NX``, sent with the other adds of this event-loop tick."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._flush)
-        self._queued.append(_Add(self._prefix + key, value, _px(ttl), done))
+        """``SET key value PX ttl NX``, sent with the other adds of this event-loop tick:
+        the first one waits for the others to join (one turn of the loop), then sends
+        them all in one pipeline (a task of its own, so that a caller cancelled meanwhile
+        takes no one else's answer with it), or its own SET alone, as it would unbatched."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        mine = _Add(self._prefix + key, value, _px(ttl), done)
+        self._queued.append(mine)
+        if len(self._queued) > 1:
+            return await done  # the first add of this tick sends it
+        try:
+            await asyncio.sleep(0)  # the other adds of this tick join
+        except asyncio.CancelledError:
+            done.cancel()
+            self._flush()  # the others still go
+            raise
+        if self._queued == [mine]:  # alone: one plain SET NX
+            self._queued = []
+            return bool(await self._call(self._redis.set(mine.key, value, px=mine.px, nx=True)))
+        self._flush()  # (close() may have sent them already)
         return await done
 
     def _flush(self) -> None:
+        """Send what is queued, in pipelines of at most MAX_BATCH, each in a task."""
         queued, self._queued = self._queued, []
         for start in range(0, len(queued), MAX_BATCH):
             task = asyncio.create_task(self._send(queued[start : start + MAX_BATCH]))
@@ -95,19 +109,15 @@ class RedisStore(AsyncClosing):
         sending."""
         replies: list[object] = []
         try:
+            pipe = self._redis.pipeline(transaction=False)
+            for add in batch:
+                pipe.set(add.key, add.value, px=add.px, nx=True)
             async with asyncio.timeout(self._client.timeout):
-                if len(batch) == 1:  # alone in its tick: no pipeline to build
-                    add = batch[0]
-                    replies = [await self._redis.set(add.key, add.value, px=add.px, nx=True)]
-                else:
-                    pipe = self._redis.pipeline(transaction=False)
-                    for add in batch:
-                        pipe.set(add.key, add.value, px=add.px, nx=True)
-                    replies = await pipe.execute(raise_on_error=False)
+                replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
             replies = [exc] * len(batch)
         finally:
-            if len(replies) != len(batch):  # cancelled (closing), or a broken reply
+            if len(replies) != len(batch):  # cancelled, or a broken reply
                 replies = [_LOST] * len(batch)
             for add, reply in zip(batch, replies, strict=True):
                 _answer(add.done, reply)
