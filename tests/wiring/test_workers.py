@@ -223,6 +223,23 @@ def test_worker_sockets_share_the_port_and_the_reservation_takes_no_connection()
         reserved.close()
 
 
+def test_worker_sockets_on_ipv6() -> None:
+    try:
+        reserved = reuseport("::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    share = WorkerShare(reserved.dup(), None, reserved.dup(), Path("r"), Path("p"), Path("m"))
+    mine = own_sockets(share)
+    try:
+        assert mine.http.family == socket.AF_INET6
+        assert mine.http.getsockname()[:2] == reserved.getsockname()[:2]
+        assert mine.agi is not None and mine.agi.getsockname() == mine.http.getsockname()
+    finally:
+        for sock in (mine.http, mine.agi, reserved):
+            if sock is not None:
+                sock.close()
+
+
 def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, signer: Signer) -> None:
     config = tmp_path / "stird.toml"
     config.write_text(

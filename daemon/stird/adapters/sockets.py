@@ -13,14 +13,16 @@ import socket
 LISTEN_BACKLOG = 1024
 
 
-def _bound(host: str, port: int, *, reuseport: bool) -> socket.socket:
+def _bound(
+    host: str, port: int, *, reuseport: bool, address: tuple[object, ...] | None = None
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        sock.bind(address or (host, port))
     except OSError:
         sock.close()
         raise
@@ -48,3 +50,10 @@ def reuseport(host: str, port: int) -> socket.socket:
     connection away from them (checked on Linux 6.x: 64 connections, 33 + 31 accepted by
     two listeners, none lost to the third, bound-only socket)."""
     return _bound(host, port, reuseport=True)
+
+
+def reuseport_twin(sock: socket.socket) -> socket.socket:
+    """Another :func:`reuseport` socket on ``sock``'s very address (its port, and an IPv6
+    scope), in the same ``SO_REUSEPORT`` group."""
+    address = sock.getsockname()
+    return _bound(str(address[0]), int(address[1]), reuseport=True, address=address)

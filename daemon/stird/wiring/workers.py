@@ -46,7 +46,7 @@ from pathlib import Path
 
 from stird.adapters.metrics import forget_process
 from stird.adapters.sdnotify import SystemdNotifier
-from stird.adapters.sockets import reuseport
+from stird.adapters.sockets import reuseport, reuseport_twin
 from stird.adapters.store_shm import ShmStore
 from stird.wiring import eventloop
 from stird.wiring.app import WorkerShare, ensure_dev_credential, replay_capacity, serve
@@ -120,9 +120,10 @@ def _reserve(where: HostPort | None) -> socket.socket | None:
 def _own(reserved: socket.socket) -> socket.socket:
     """This worker's socket in the ``SO_REUSEPORT`` group of the supervisor's reserved
     one (same address and port); the inherited one is closed in the worker."""
-    host, port = reserved.getsockname()[:2]
-    reserved.close()
-    return reuseport(host, port)
+    try:
+        return reuseport_twin(reserved)
+    finally:
+        reserved.close()
 
 
 def own_sockets(share: WorkerShare) -> WorkerShare:
