@@ -13,12 +13,13 @@ import pytest
 import redis.asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis.asyncio.client import Pipeline
 
 from stird.adapters.store_memory import MemoryStore
-from stird.adapters.store_redis import RedisStore
+from stird.adapters.store_redis import MAX_BATCH, RedisStore
 from stird.adapters.store_shm import ShmStore
 from stird.services.ports import KeyValueStore
-from stird.services.stores import StoreUnavailable
+from stird.services.stores import StoreFull, StoreUnavailable
 from tests.fixtures_redis import free_port
 
 
@@ -258,6 +259,7 @@ async def _all_ops_fail(store: RedisStore, within: float) -> None:
         lambda: store.get("k"),
         lambda: store.set("k", b"v", 1),
         lambda: store.add("k", b"v", 1),
+        lambda: _batched_adds(store),
         lambda: store.delete("k"),
         store.ping,
     ]
@@ -266,6 +268,16 @@ async def _all_ops_fail(store: RedisStore, within: float) -> None:
         with pytest.raises(StoreUnavailable, match="redis"):
             await op()
         assert time.monotonic() - start < within
+
+
+async def _batched_adds(store: RedisStore) -> None:
+    """Ten adds in one tick (one pipeline): each caller gets its own StoreUnavailable."""
+    results = await asyncio.gather(
+        *(store.add(f"b{i}", b"v", 1) for i in range(10)), return_exceptions=True
+    )
+    errors = [r for r in results if isinstance(r, StoreUnavailable)]
+    assert len(errors) == 10 and len({id(e) for e in errors}) == 10, results
+    raise errors[0]
 
 
 async def test_redis_down_raises_store_unavailable() -> None:
@@ -310,6 +322,84 @@ async def test_redis_burst_shares_a_bounded_pool(redis_url: str) -> None:
         assert await store.get("k199") == b"v"
 
 
+async def _set_calls(url: str) -> int:
+    async with redis.asyncio.Redis.from_url(url) as probe:
+        stats = await probe.info("commandstats")
+        return int(stats.get("cmdstat_set", {}).get("calls", 0))
+
+
+async def test_redis_concurrent_adds_go_in_one_round_trip(
+    redis_url: str, redis_store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay SET NX of 50 concurrent verifications leave in one pipeline (one round
+    trip), each caller still getting its own answer: a key added twice in the batch is
+    stored once, a key already there is not overwritten."""
+    executed: list[int] = []
+    execute = Pipeline.execute
+
+    async def counted(self: Pipeline, raise_on_error: bool = True) -> list[object]:
+        executed.append(len(self.command_stack))
+        return await execute(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", counted)
+    await redis_store.set("old", b"kept", 10)
+    before = await _set_calls(redis_url)
+    keys = [f"k{i}" for i in range(47)] + ["twice", "twice", "old"]
+    results = await asyncio.gather(*(redis_store.add(k, b"new", 10) for k in keys))
+    assert await _set_calls(redis_url) - before == 50  # every SET reached Redis...
+    assert executed == [50]  # ...in one pipeline
+    assert results == [True] * 48 + [False, False]
+    assert await redis_store.get("old") == b"kept"
+    # alone in its tick: an add is one plain SET NX
+    assert await redis_store.add("alone", b"v", 10) is True
+    assert await redis_store.add("alone", b"v", 10) is False
+    assert executed == [50]
+
+
+async def test_redis_batches_are_bounded(redis_store: RedisStore) -> None:
+    """More adds in one tick than MAX_BATCH go in several pipelines, all answered."""
+    count = 2 * MAX_BATCH + 3
+    results = await asyncio.gather(*(redis_store.add(f"n{i}", b"v", 10) for i in range(count)))
+    assert results == [True] * count
+
+
+async def test_redis_full_refuses_each_batched_add(redis_url: str, redis_store: RedisStore) -> None:
+    """Redis at maxmemory under noeviction refuses the writes: StoreFull for every caller of
+    a batch, and for one alone."""
+    async with redis.asyncio.Redis.from_url(redis_url) as admin:
+        await admin.config_set("maxmemory", "1")
+        try:
+            results = await asyncio.gather(
+                *(redis_store.add(f"f{i}", b"v", 10) for i in range(5)), return_exceptions=True
+            )
+            with pytest.raises(StoreFull, match="OOM"):
+                await redis_store.add("alone", b"v", 10)
+        finally:
+            await admin.config_set("maxmemory", "0")
+    assert all(isinstance(r, StoreFull) for r in results), results
+    assert await redis_store.add("f0", b"v", 10) is True  # nothing was stored
+
+
+async def test_redis_a_cancelled_add_leaves_its_batch_alone(redis_store: RedisStore) -> None:
+    """The first add of a tick gathers the others; cancelled (its caller hung up) while
+    they join, it still lets them go, and each gets its own answer."""
+    tasks = [asyncio.create_task(redis_store.add(f"c{i}", b"v", 10)) for i in range(10)]
+    await asyncio.sleep(0)  # all queued; the first is waiting for the others to join
+    tasks[0].cancel()
+    results = await asyncio.gather(*tasks[1:])
+    assert results == [True] * 9
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+
+
+async def test_redis_close_sends_the_queued_adds(redis_url: str) -> None:
+    store = RedisStore(redis_url, prefix=f"close:{uuid.uuid4().hex}:", timeout=2.0)
+    adds = [asyncio.create_task(store.add(f"k{i}", b"v", 10)) for i in range(5)]
+    await asyncio.sleep(0)  # queued, not sent yet
+    await store.close()  # sends them, waits for the answers
+    assert await asyncio.wait_for(asyncio.gather(*adds), 5) == [True] * 5
+
+
 async def test_redis_eviction_policy_is_read(redis_store: RedisStore) -> None:
     """The daemon warns unless the shared Redis never evicts (a dropped replay entry is a
     replay accepted); the store reads the policy."""
@@ -317,8 +407,6 @@ async def test_redis_eviction_policy_is_read(redis_store: RedisStore) -> None:
 
 
 async def test_memory_store_without_eviction_refuses_when_full() -> None:
-    from stird.services.stores import StoreFull
-
     now = [0.0]
     store = MemoryStore(2, clock=lambda: now[0], evict=False)
     assert await store.add("a", b"1", 10) and await store.add("b", b"1", 10)

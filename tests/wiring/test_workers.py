@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import collections
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stird.adapters.sockets import LISTEN_BACKLOG, reuseport
+from stird.wiring.app import WorkerShare
 from stird.wiring.config import parse_config
-from stird.wiring.workers import worker_count
+from stird.wiring.workers import own_sockets, worker_count
 from tests.conftest import Signer
 from tests.wiring.test_serve import FROM, TO, Notify, free_port
 
@@ -58,6 +64,30 @@ def on_each_worker(port: int, path: str, body: Any, count: int = 2) -> dict[int,
     return answers
 
 
+def keep_alive_spread(port: int, connections: int) -> collections.Counter[int]:
+    """Open ``connections`` kept-alive HTTP connections at once, ask twice on each (the
+    same worker must answer both: it is the connection's); connections per worker PID."""
+    spread: collections.Counter[int] = collections.Counter()
+    opened = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(connections)]
+    try:
+        for conn in opened:
+            conn.connect()
+        for conn in opened:
+            pids = set()
+            for _ in range(2):
+                conn.request("GET", "/healthz")
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+                pids.add(int(response.headers["Stird-Worker"]))
+            assert len(pids) == 1, pids
+            spread[pids.pop()] += 1
+    finally:
+        for conn in opened:
+            conn.close()
+    return spread
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -90,6 +120,11 @@ def test_two_workers_share_listeners_state_metrics_and_lifecycle(
         signed = on_each_worker(port, "/v1/sign", SIGN)
         workers = set(signed)
         assert all(status == 200 for status, _ in signed.values())
+
+        # long-lived connections spread over the workers (a SO_REUSEPORT socket each, the
+        # kernel hashing connections over them): all 32 on one worker has odds 2 ** -31
+        spread = keep_alive_spread(port, 32)
+        assert set(spread) == workers and sum(spread.values()) == 32, spread
 
         # a PASSporT verified on one worker is a replay on the other
         identity = next(iter(signed.values()))[1]["identity"][0]
@@ -140,6 +175,69 @@ def test_two_workers_share_listeners_state_metrics_and_lifecycle(
     assert stderr.count("configuration reloaded") == 2, stderr
     assert "restarting it in" in stderr, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def test_worker_sockets_share_the_port_and_the_reservation_takes_no_connection() -> None:
+    """The supervisor's reserved socket (bound, never listening) holds the port; each
+    worker's own socket on it listens; the kernel spreads connections over the listening
+    ones and none is lost to the reservation."""
+    reserved = reuseport("127.0.0.1", 0)
+    port = reserved.getsockname()[1]
+    share = WorkerShare(reserved, None, None, Path("r"), Path("p"), Path("m"))
+    # each worker closes its inherited copy of the reservation (a dup here, as after fork)
+    mine = [own_sockets(replace(share, http=reserved.dup())) for _ in range(2)]
+    try:
+        for worker in mine:
+            assert worker.http.getsockname() == ("127.0.0.1", port)
+            assert worker.jsonrpc is None and worker.agi is None
+            worker.http.listen(LISTEN_BACKLOG)
+        with pytest.raises(OSError, match="in use"):
+            socket.create_server(("127.0.0.1", port))  # not SO_REUSEPORT: refused
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+        accepted = [0, 0]
+
+        def drain() -> bool:
+            for i, worker in enumerate(mine):
+                while True:
+                    try:
+                        conn, _ = worker.http.accept()
+                    except BlockingIOError:
+                        break
+                    conn.close()
+                    accepted[i] += 1
+            return sum(accepted) == 64
+
+        until(drain, "64 connections accepted by the two listening sockets", timeout=5)
+        assert min(accepted) > 0, accepted  # one worker with none: odds 2 ** -63
+        for client in clients:
+            client.close()
+        # a restarted worker binds again, beside the reservation
+        for worker in mine:
+            worker.http.close()
+        again = own_sockets(replace(share, http=reserved.dup()))
+        assert again.http.getsockname()[1] == port
+        again.http.close()
+    finally:
+        for worker in mine:
+            worker.http.close()
+        reserved.close()
+
+
+def test_worker_sockets_on_ipv6() -> None:
+    try:
+        reserved = reuseport("::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    share = WorkerShare(reserved.dup(), None, reserved.dup(), Path("r"), Path("p"), Path("m"))
+    mine = own_sockets(share)
+    try:
+        assert mine.http.family == socket.AF_INET6
+        assert mine.http.getsockname()[:2] == reserved.getsockname()[:2]
+        assert mine.agi is not None and mine.agi.getsockname() == mine.http.getsockname()
+    finally:
+        for sock in (mine.http, mine.agi, reserved):
+            if sock is not None:
+                sock.close()
 
 
 def test_a_worker_that_cannot_start_stops_the_service(tmp_path: Path, signer: Signer) -> None:

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from stird.adapters.closing import AsyncClosing
 from stird.services.stores import StoreFull, StoreUnavailable
@@ -27,6 +27,18 @@ from stird.services.stores import StoreFull, StoreUnavailable
 _T = TypeVar("_T")
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def store_error(exc: BaseException) -> StoreUnavailable:
+    """What a Redis error, socket error or timeout means to a store's caller: StoreFull
+    for a write refused at ``maxmemory`` (``noeviction``), else StoreUnavailable."""
+    if isinstance(exc, ResponseError):
+        # maxmemory reached under noeviction: not stored (redis-py 5+ strips "OOM " and
+        # raises OutOfMemoryError; older ones kept the prefix on a ResponseError)
+        if isinstance(exc, OutOfMemoryError) or str(exc).startswith("OOM"):
+            return StoreFull(f"redis: OOM {exc}")
+        return StoreUnavailable(f"redis: ResponseError: {exc}")
+    return StoreUnavailable(f"redis: {type(exc).__name__}: {exc}")
 
 
 class RedisClient(AsyncClosing):
@@ -52,12 +64,8 @@ class RedisClient(AsyncClosing):
         try:
             async with asyncio.timeout(self.timeout):
                 return await operation
-        except ResponseError as exc:
-            if str(exc).startswith("OOM"):  # maxmemory reached under noeviction: not stored
-                raise StoreFull(f"redis: {exc}") from exc
-            raise StoreUnavailable(f"redis: ResponseError: {exc}") from exc
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            raise store_error(exc) from exc
 
     def script(self, source: str) -> AsyncScript:
         return self.redis.register_script(source)

@@ -238,9 +238,10 @@ def build_runtime(
 
 @dataclass(frozen=True)
 class WorkerShare:
-    """What the supervisor (stird.wiring.workers) hands each worker process: the listening
-    sockets it bound, and the shared-memory tables (stird.adapters.store_shm) and metrics
-    directory of all the workers."""
+    """What the supervisor (stird.wiring.workers) hands each worker process: the sockets
+    of the listeners (the worker's own, bound with ``SO_REUSEPORT`` and listening once
+    their server starts), and the shared-memory tables (stird.adapters.store_shm) and
+    metrics directory of all the workers."""
 
     http: socket.socket
     jsonrpc: socket.socket | None

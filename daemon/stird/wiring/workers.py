@@ -1,14 +1,19 @@
 """``[server] workers = N``: one supervisor process and N worker processes, so that one
 host's stird uses all its cores.
 
-The supervisor is what systemd sees (``Type=notify``, the main PID). It binds the HTTP,
-JSON-RPC (netstring) and FastAGI listening sockets once — so port 0 works and a restarted
-worker listens on the same socket — and creates the state the workers share on this host
+The supervisor is what systemd sees (``Type=notify``, the main PID). It reserves the
+HTTP, JSON-RPC (netstring) and FastAGI addresses once — a socket bound with
+``SO_REUSEPORT`` that never listens, so port 0 works and the port stays stird's while
+workers come and go — and creates the state the workers share on this host
 (stird.adapters.store_shm: the replay cache and the TOFU pins; the multiprocess metrics
 directory) in a private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
-exit. Then it forks the workers; each runs the ordinary daemon (stird.wiring.app.serve)
-on the inherited sockets. Every worker accept()s on the same sockets: the kernel hands
-each connection to one of them, and a busy worker, slower to accept, takes fewer.
+exit. Then it forks the workers; each binds its own ``SO_REUSEPORT`` socket on each of
+those addresses and runs the ordinary daemon (stird.wiring.app.serve) on them, which
+listens once it serves. The kernel hashes each new connection over the listening sockets
+(stird.adapters.sockets.reuseport), so a few long-lived connections (Kamailio's
+janssonrpcc, HTTP keep-alive) spread over the workers instead of all landing on the one
+that woke first from a shared accept queue. A worker that dies takes the connections
+queued on its socket with it (reset); a restarted one binds again.
 
 Each worker speaks sd_notify to the supervisor's private socket (``NOTIFY_SOCKET`` in the
 worker points there; the sender's PID comes from SCM_CREDENTIALS). The supervisor says
@@ -41,7 +46,7 @@ from pathlib import Path
 
 from stird.adapters.metrics import forget_process
 from stird.adapters.sdnotify import SystemdNotifier
-from stird.adapters.sockets import listen
+from stird.adapters.sockets import reuseport, reuseport_twin
 from stird.adapters.store_shm import ShmStore
 from stird.wiring import eventloop
 from stird.wiring.app import WorkerShare, ensure_dev_credential, replay_capacity, serve
@@ -108,8 +113,28 @@ def _remove_stale(base: Path) -> None:
             pass
 
 
-def _listen(where: HostPort | None) -> socket.socket | None:
-    return None if where is None else listen(where.host, where.port)
+def _reserve(where: HostPort | None) -> socket.socket | None:
+    return None if where is None else reuseport(where.host, where.port)
+
+
+def _own(reserved: socket.socket) -> socket.socket:
+    """This worker's socket in the ``SO_REUSEPORT`` group of the supervisor's reserved
+    one (same address and port); the inherited one is closed in the worker."""
+    try:
+        return reuseport_twin(reserved)
+    finally:
+        reserved.close()
+
+
+def own_sockets(share: WorkerShare) -> WorkerShare:
+    """``share`` with this worker's own sockets instead of the supervisor's."""
+    jsonrpc, agi = share.jsonrpc, share.agi
+    return replace(
+        share,
+        http=_own(share.http),
+        jsonrpc=None if jsonrpc is None else _own(jsonrpc),
+        agi=None if agi is None else _own(agi),
+    )
 
 
 def _die_with_parent() -> None:
@@ -180,11 +205,11 @@ class WorkerSupervisor:
         server = self.config.server
         if not self.config.credentials:  # made once, not raced by the workers
             ensure_dev_credential(server.state_dir, int(time.time()))
-        http = listen(server.http.host, server.http.port)
+        http = reuseport(server.http.host, server.http.port)
         share = WorkerShare(
             http=http,
-            jsonrpc=_listen(server.jsonrpc),
-            agi=_listen(server.agi),
+            jsonrpc=_reserve(server.jsonrpc),
+            agi=_reserve(server.agi),
             replay=self._dir / "replay",
             pins=self._dir / "pins",
             metrics_dir=self._dir / "metrics",
@@ -203,7 +228,7 @@ class WorkerSupervisor:
         signal.set_wakeup_fd(self._wake_w.fileno())
         for sig in _SIGNALS:
             signal.signal(sig, lambda *_: None)  # the wake-up fd carries the signal number
-        log.info("supervisor: %d workers, listening on %s", self.count, http.getsockname()[:2])
+        log.info("supervisor: %d workers, serving on %s", self.count, http.getsockname()[:2])
         return share
 
     # ------------------------------------------------------------------- loop ----
@@ -290,7 +315,8 @@ class WorkerSupervisor:
                 os.environ["WATCHDOG_USEC"] = str(int(self._watchdog * 1_000_000))
             else:
                 os.environ.pop("WATCHDOG_USEC", None)
-            eventloop.run(serve(self.config, self.load, replace(self._share, slot=slot)))
+            share = own_sockets(replace(self._share, slot=slot))
+            eventloop.run(serve(self.config, self.load, share))
             code = 0
         except BaseException:
             log.exception("worker %d failed", os.getpid())
@@ -453,4 +479,4 @@ def run_workers(config: Config, load: Callable[[], Config] | None, count: int) -
     return WorkerSupervisor(config, load, count).run()
 
 
-__all__ = ["WorkerSupervisor", "run_workers", "worker_count"]
+__all__ = ["WorkerSupervisor", "own_sockets", "run_workers", "worker_count"]
