@@ -1,16 +1,18 @@
 """Post-dial delay through Kamailio (issue #18): SIPp UAC -> Kamailio -> SIPp UAS.
 
-    .venv/bin/python bench/pdd.py            # 15 s per rate and way: about 4 minutes
-    .venv/bin/python bench/pdd.py --quick    # 5 s each: under 2 minutes
+    .venv/bin/python bench/pdd.py            # 15 s per rate and way: about 5 minutes
+    .venv/bin/python bench/pdd.py --quick    # 5 s each: about 2.5 minutes
     .venv/bin/python bench/run.py --phase pdd [--quick]   # the same, from the bench runner
 
-Three ways through the project's ``integrations/kamailio/kamailio.cfg``, one after the
+Four ways through the project's Kamailio configs (``integrations/kamailio/``), one after the
 other in one run, at 200, 500 and 1,000 calls/s:
 
 * ``relay``: ``-A BENCH_RELAY_ONLY``, every INVITE relayed untouched (the floor);
 * ``stird``: the shipped config, stird.cfg asking stird (msec + shaken: two PASSporTs);
 * ``secsipid``: ``-A BENCH_SECSIPID``, one shaken PASSporT signed inside the Kamailio
   worker by the secsipid module with stird's own development key.
+* ``stird-http``: ``kamailio-http.cfg``, stird's ``POST /v1/sign`` called with
+  http_client from the SIP workers (synchronous, 8 workers, no single I/O process).
 
 Figures per way and rate: the INVITE->200 time at the UAC (SIPp ``-trace_rtt``, every
 call), p50/p99, the added delay against ``relay`` at the same rate, calls/s completed,
@@ -51,7 +53,7 @@ ROOT = HERE.parent
 KAM_DIR = Path(os.environ.get("STIRD_PDD_KAMAILIO_DIR") or ROOT / "integrations" / "kamailio")
 HOST = "127.0.0.1"
 RATES = (200, 500, 1000)
-WAYS = ("relay", "stird", "secsipid")
+WAYS = ("relay", "stird", "secsipid", "stird-http")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -72,6 +74,17 @@ def _free_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port")
+
+
+def _udp_bound(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            udp.bind((HOST, port))
+        except OSError:
+            return True
+    return False
 
 
 def _wait(what: str, check: Any, timeout: float) -> None:
@@ -243,7 +256,13 @@ class Pdd:
             defines["BENCH_SECSIPID"] = "1"
             defines["SECSIPID_KEY"] = f'"{self.dir / "state" / "dev" / "private.pem"}"'
             defines["SECSIPID_X5U"] = f'"http://{HOST}:{self.http}/certs/dev.pem"'
-        argv = [self.kamailio, "-f", str(KAM_DIR / "kamailio.cfg"), "-DD", "-E"]
+        cfg = "kamailio.cfg"
+        if way == "stird-http":
+            cfg = "kamailio-http.cfg"  # http_client in the SIP workers, synchronous
+            if not (self.modules / "http_client.so").exists():
+                raise Unavailable("http_client.so missing (kamailio-utils-modules)")
+            defines["STIRD_URL"] = f'"http://{HOST}:{self.http}"'
+        argv = [self.kamailio, "-f", str(KAM_DIR / cfg), "-DD", "-E"]
         argv += ["-L", str(self.modules), "-Y", str(run), "-w", str(run), "-m", "512", "-M", "32"]
         for name, value in defines.items():
             argv += ["-A", f"{name}={value}"]
@@ -254,6 +273,8 @@ class Pdd:
         def ready() -> bool:
             if kam.proc.poll() is not None:
                 raise RuntimeError(f"kamailio exited:\n{kam.text()[-3000:]}")
+            if way == "stird-http":
+                return _udp_bound(sip)
             return way != "stird" or want in kam.text()
 
         _wait("Kamailio ready", ready, 20)
@@ -415,7 +436,7 @@ def added(ways: dict[str, Any]) -> dict[str, Any]:
     """Transit p50/p99 of each way minus relay's at the same rate (the added delay)."""
     out: dict[str, Any] = {}
     relay = ways.get("relay", {})
-    for way in ("stird", "secsipid"):
+    for way in ("stird", "secsipid", "stird-http"):
         for rate, doc in ways.get(way, {}).items():
             base = relay.get(rate, {})
             if not isinstance(doc, dict) or doc.get("transit_p50_ms") is None:
@@ -491,7 +512,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 s per rate and way")
     parser.add_argument("--rates", help="comma-separated calls/s (default 200,500,1000)")
-    parser.add_argument("--ways", help="comma-separated subset of relay,stird,secsipid")
+    parser.add_argument("--ways", help="comma-separated subset of " + ",".join(WAYS))
     parser.add_argument("--out", metavar="FILE", help="also write the JSON document here")
     args = parser.parse_args()
     rates = tuple(int(r) for r in args.rates.split(",")) if args.rates else RATES
