@@ -106,13 +106,6 @@ def _cpu_seconds(pgid: int) -> float:
     return total / CLK_TCK
 
 
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU-seconds of the whole machine since boot (/proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / CLK_TCK, sum(fields) / CLK_TCK
-
-
 def _pid_cpu(pid: int) -> float:
     """utime + stime of one process, seconds (0 when it is gone)."""
     with contextlib.suppress(OSError, ValueError, IndexError):
@@ -318,7 +311,6 @@ class Pdd:
         kam_cpu0, stird_cpu0 = _cpu_seconds(kam.proc.pid), _cpu_seconds(stird.proc.pid)
         roles = _kamailio_roles(self.kam_rpc)
         role_cpu0 = {pid: _pid_cpu(pid) for pid in roles}
-        machine0 = _machine_cpu()
         fail_open0 = kam.text().count("failing open")
         started = time.monotonic()
         uac = self.start(f"uac-{way}-{rate}", argv, cwd=where)
@@ -329,8 +321,6 @@ class Pdd:
         elapsed = time.monotonic() - started
         kam_cpu = _cpu_seconds(kam.proc.pid) - kam_cpu0
         stird_cpu = _cpu_seconds(stird.proc.pid) - stird_cpu0
-        machine1 = _machine_cpu()
-        busy = (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9)
         by_role: dict[str, float] = {}
         for pid, role in roles.items():
             by_role[role] = by_role.get(role, 0.0) + _pid_cpu(pid) - role_cpu0[pid]
@@ -369,8 +359,6 @@ class Pdd:
             "cpu_s": {"kamailio": round(kam_cpu, 2), "stird": round(stird_cpu, 2)},
             # per Kamailio role (core.psx), and the busiest single process
             "kamailio_cpu_s": {role: round(v, 2) for role, v in sorted(by_role.items())},
-            # every process on the machine (SIPp, other sessions too): 1.0 = all cores
-            "machine_busy": round(busy, 2),
             "kamailio_busiest": {"role": roles.get(busiest[1]), "cpu_s": round(busiest[0], 2)},
         }
 
@@ -483,7 +471,7 @@ def targets(out: dict[str, Any]) -> dict[str, Any]:
 def table(out: dict[str, Any]) -> str:
     lines = [
         "way       offered  calls/s  failed  unsigned  fail-open  transit p50/p99 ms  "
-        "added p50/p99 ms  INVITE-200 p50/p99 ms  CPU s kam/stird  machine, kam CPU s by role"
+        "added p50/p99 ms  INVITE-200 p50/p99 ms  CPU s kam/stird  kam CPU s by role"
     ]
     for way, rates in out["ways"].items():
         if "unavailable" in rates:
@@ -498,7 +486,6 @@ def table(out: dict[str, Any]) -> str:
                 f"{d['transit_p50_ms']!s:>8}/{d['transit_p99_ms']!s:<8}  {added_txt:>16}  "
                 f"{d['p50_ms']!s:>10}/{d['p99_ms']!s:<10}  "
                 f"{d['cpu_s']['kamailio']}/{d['cpu_s']['stird']}  "
-                f"busy={d.get('machine_busy')} "
                 + " ".join(f"{k}={v}" for k, v in d.get("kamailio_cpu_s", {}).items())
             )
     for name, v in out["targets"].items():
