@@ -67,8 +67,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         f'[dialog]\npolicy = "mandatory"\nwindow = {WINDOW}\n\n'
         f'[kamailio]\nrpc_url = "http://{HOST}:{base + 1}/RPC"\nhealth_interval = 60\n',
     )
-    kam = Kamailio(where / "kamailio", sip_port=base, rpc_port=base + 1, stird=stird,
-                   next_hop_port=base + 2, outbound_port=base + 3)  # fmt: skip
+    kam = Kamailio(
+        where / "kamailio",
+        sip_port=base,
+        rpc_port=base + 1,
+        stird=stird,
+        next_hop_port=base + 2,
+        outbound_port=base + 3,
+        defines={"STIRD_DIALOG_POLICY": "1"},
+    )  # the events [dialog] policy needs
     try:
         kam.start()
     except BaseException:

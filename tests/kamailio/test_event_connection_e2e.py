@@ -6,6 +6,9 @@ be left to the peer's delayed-ACK timer, and janssonrpcc (no TCP_NODELAY) would 
 next ``stir.sign`` behind it. A recording TCP relay sits between Kamailio and stird: it
 forwards every byte untouched and notes, per connection, the JSON-RPC methods Kamailio
 sent. The assertions are about where the messages go, not about timing.
+
+The events exist only for stird's msec dialog policy: stird.cfg sends them when the
+operator defines STIRD_DIALOG_POLICY (with [dialog] policy), never by default.
 """
 
 from __future__ import annotations
@@ -117,9 +120,7 @@ class RecordingRelay:
         self._thread.join(5)
 
 
-@pytest.fixture(scope="module")
-def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, RecordingRelay]]:
-    where = tmp_path_factory.mktemp("kamev")
+def _relayed_lab(where: Path, defines: dict[str, str]) -> tuple[Lab, RecordingRelay]:
     stird = new_stird(where / "stird")
     relay = RecordingRelay(stird.jsonrpc_port).start()
     base = free_ports(5)
@@ -127,7 +128,7 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Rec
     seen_by_kamailio = dataclasses.replace(stird, jsonrpc_port=relay.port)
     kam = Kamailio(where / "kamailio", sip_port=base, rpc_port=base + 1,
                    stird=seen_by_kamailio, next_hop_port=base + 2,
-                   outbound_port=base + 3)  # fmt: skip
+                   outbound_port=base + 3, defines=defines)  # fmt: skip
     try:
         kam.start()
     except BaseException:
@@ -135,7 +136,24 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Rec
         relay.stop()
         stird.stop()
         raise
-    lab = Lab(stird, kam, base + 2, base + 3, base + 4)
+    return Lab(stird, kam, base + 2, base + 3, base + 4), relay
+
+
+@pytest.fixture(scope="module")
+def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, RecordingRelay]]:
+    """stird.cfg with the dialog events on (STIRD_DIALOG_POLICY, set with [dialog] policy)."""
+    lab, relay = _relayed_lab(tmp_path_factory.mktemp("kamev"), {"STIRD_DIALOG_POLICY": "1"})
+    yield lab, relay
+    stop_lab(lab)
+    relay.stop()
+
+
+@pytest.fixture(scope="module")
+def relayed_default(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Lab, RecordingRelay]]:
+    """stird.cfg as shipped: no STIRD_DIALOG_POLICY, like stird's default [dialog] policy."""
+    lab, relay = _relayed_lab(tmp_path_factory.mktemp("kamnoev"), {})
     yield lab, relay
     stop_lab(lab)
     relay.stop()
@@ -184,4 +202,33 @@ def test_dialog_events_travel_on_their_own_connection(
     assert set(events) == {"stir.dialog"}, seen  # no request ever waits behind an event
     assert len(seen) == REQUEST_CONNECTIONS + EVENT_CONNECTIONS, seen
     assert sum(m.count("stir.sign") for m in seen.values()) == 3, seen
+    assert counter(lab, "stird_fail_open") == 0
+
+
+def test_no_dialog_events_unless_the_operator_turns_them_on(
+    relayed_default: tuple[Lab, RecordingRelay], sipp: Sipp
+) -> None:
+    """Without STIRD_DIALOG_POLICY: no event connection and no stir.dialog, ever."""
+    lab, relay = relayed_default
+    wait_until(
+        "the request connections open",
+        lambda: len(relay.snapshot()) >= REQUEST_CONNECTIONS,
+        10,
+    )
+    for _ in range(4):  # each call answered and hung up (dialog:start and dialog:end fire)
+        uas = sipp.uas(lab.uas_port)
+        uac = sipp.uac("uac_sign.xml", lab.outbound_port, lab.sip_port)
+        uas_run = sipp.finish(uas)
+        assert uac.finals() == [200], uac.describe()
+        [invite] = uas_run.received_requests("INVITE")
+        assert header_values(invite, "Identity"), invite
+
+    def signs_seen() -> dict[int, list[str]] | None:
+        seen = relay.snapshot()
+        return seen if sum(m.count("stir.sign") for m in seen.values()) >= 4 else None
+
+    # the last sign went through the I/O process after the earlier calls' hang-ups
+    seen = wait_until("the four signs at stird", signs_seen, 10)
+    assert all(set(methods) <= {"stir.sign"} for methods in seen.values()), seen
+    assert len(seen) == REQUEST_CONNECTIONS, seen
     assert counter(lab, "stird_fail_open") == 0
