@@ -1,6 +1,6 @@
 """stird benchmarks, everything in one run on loopback (issue #8).
 
-    .venv/bin/python bench/run.py            # full run, about 6-10 minutes
+    .venv/bin/python bench/run.py            # full run, about 10-15 minutes
     .venv/bin/python bench/run.py --quick    # smaller counts, under 2 minutes
 
 Prints a table and, as the last line, one JSON object with every figure. Needs 2 cores:
@@ -23,7 +23,12 @@ Phases (each bounded by a request count and a deadline):
 5. open loop: 1,000 requests/s of sign, then of verify, latency from the scheduled send;
 6. RSS of stird after 10,000 and after 200,000 (``--quick``: 40,000) mixed requests
    (HTTP sign+verify, JSON-RPC sign+verify, FastAGI verify);
-7. CPS store+retrieve pairs over HTTP, memory and Redis backends.
+7. CPS store+retrieve pairs over HTTP, memory and Redis backends;
+8. workers: sign throughput and CPU-seconds per 1,000 requests against ``[server]
+   workers`` 1 and 2 (bench/workers.py, on every core);
+9. pdd: SIPp through Kamailio, relay only / stird / stird-http / secsipid at 200, 500 and
+   1,000 calls/s, the delay stird adds to each call (bench/pdd.py; ~4 minutes, ``--quick``
+   ~1.5). ``--phase NAME`` runs one phase alone. bench/attack.py (issue #17) runs apart.
 
 Verify requests carry no Call-ID, so the replay cache stays out of the figures (the same
 PASSporT is verified many times); bench/core.py reports what that cache holds at its cap.
@@ -712,9 +717,11 @@ class Bench:
             self.phase("rss", self.rss, min_left=20)
             self.procs.stop_all()
         self.phase("cps", self.cps)
+        import pdd  # noqa: PLC0415
         import workers  # noqa: PLC0415
 
         self.phase("workers", lambda: workers.run_phase(self.quick))
+        self.phase("pdd", lambda: pdd.run_phase(self.quick), min_left=0)
         self.out["targets"] = targets(self.out)
         self.out["notes"] = self.notes
         self.out["facts"]["loadavg_end"] = os.getloadavg()[0]
