@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -445,3 +446,22 @@ async def test_negative_flood_does_not_push_good_credentials_out(
     calls = fetcher.calls
     assert (await cache.credential(URL)).chain == CHAIN and fetcher.calls == calls
     assert cache.stats.negative_entries == 10 and cache.stats.negative_evictions == 90
+
+
+async def test_workers_share_certificates_through_shared_memory(
+    clock: FakeClock, tmp_path: Path
+) -> None:
+    """Workers of one host (stird.wiring.workers) without Redis: one fetch for all, the
+    shared level in the supervisor's shared-memory table (the sizes it creates)."""
+    from stird.adapters.store_shm import ShmStore
+    from stird.wiring.workers import CERT_ENTRIES, CERT_VALUE_SIZE
+
+    path = tmp_path / "certs"
+    ShmStore.create(path, CERT_ENTRIES, value_size=CERT_VALUE_SIZE, evict=True).close()
+    one, two = FakeFetcher(), FakeFetcher()
+    first = CertificateCache(one, shared=ShmStore.attach(path, clock=clock), clock=clock)
+    second = CertificateCache(two, shared=ShmStore.attach(path, clock=clock), clock=clock)
+    await first.credential(URL)
+    cred = await second.credential(URL)
+    assert cred.chain == CHAIN and (one.calls, two.calls) == (1, 0)
+    assert second.stats.shared_hits == 1 and second.stats.shared_errors == 0

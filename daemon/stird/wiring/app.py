@@ -209,12 +209,15 @@ def build_runtime(
     own_cps: str | None = None,
     replay_store: KeyValueStore | None = None,
     replay_stats: ReplayStats | None = None,
+    cert_store: KeyValueStore | None = None,
 ) -> Built:
     """Everything a configuration produces; raises ConfigError/KeyFileError on problems.
-    ``own_cps``: how stird reaches its own listener (the in-process CPS)."""
+    ``own_cps``: how stird reaches its own listener (the in-process CPS); ``cert_store``:
+    the certificate cache shared by the workers of one host (Redis, when configured,
+    is shared by every host instead)."""
     creds = signing_credentials(config, base_url, now)
     fetcher = fetcher_for(config)
-    cache = CertificateCache(fetcher, shared=store if config.store.redis else None)
+    cache = CertificateCache(fetcher, shared=store if config.store.redis else cert_store)
     own = {c.x5u: Credential(c.chain, trust=Trust.ANCHOR) for c in creds}  # never fetched
     verifier = VerificationService(
         StaticCredentials(own, fallback=cache),
@@ -249,6 +252,7 @@ class WorkerShare:
     replay: Path  # the replay cache (never evicts a live entry)
     pins: Path  # TOFU pins (evicting, like the single process's MemoryStore)
     metrics_dir: Path
+    certs: Path | None = None  # the certificate cache's shared level (evicting)
     slot: int = 0  # which worker: 0 counts what happens to all of them (reload failures)
 
     @property
@@ -317,6 +321,8 @@ class Daemon:
             self.config, self.store, ShmStore.attach(share.replay) if share else None
         )
         self.replay_stats = ReplayStats()  # one series across reloads
+        certs = share.certs if share else None
+        self._cert_store = ShmStore.attach(certs) if certs is not None else None
         if isinstance(self.store, FallbackStore):
             fallback = self.store
             self.metrics.watch_store(lambda: fallback.failures)
@@ -372,7 +378,8 @@ class Daemon:
         return build_runtime(config, self.store, self.base_url, int(time.time()),
                              own_cps=own_url(self.http_address),
                              replay_store=self.replay_store,
-                             replay_stats=self.replay_stats)  # fmt: skip
+                             replay_stats=self.replay_stats,
+                             cert_store=self._cert_store)  # fmt: skip
 
     def _kamailio(self) -> KamailioRpc | None:
         """Kamailio's jsonrpcs, probed periodically for /healthz (and used by the dialog

@@ -57,6 +57,8 @@ log = logging.getLogger("stird.workers")
 
 PINS_ENTRIES = 100_000  # as the single process's MemoryStore
 PIN_VALUE_SIZE = 64  # a SHA-256 fingerprint, hex
+CERT_ENTRIES = 512  # certificate chains the workers share (the cache's shared level)
+CERT_VALUE_SIZE = 16384  # a cached chain as stird.services.certcache stores it; larger: per worker
 REPLAY_VALUE_SIZE = 16  # stird.services.verification.replay_value
 STOP_TIMEOUT = 20.0  # s the workers get to finish after SIGTERM (the unit allows 30)
 RELOAD_TIMEOUT = 60.0  # s before READY=1 follows a reload some worker did not answer
@@ -213,11 +215,16 @@ class WorkerSupervisor:
             replay=self._dir / "replay",
             pins=self._dir / "pins",
             metrics_dir=self._dir / "metrics",
+            certs=None if self.config.store.redis else self._dir / "certs",
         )
         share.metrics_dir.mkdir()
         capacity = replay_capacity(self.config)
         ShmStore.create(share.replay, capacity, value_size=REPLAY_VALUE_SIZE).close()
         ShmStore.create(share.pins, PINS_ENTRIES, value_size=PIN_VALUE_SIZE, evict=True).close()
+        if share.certs is not None:  # with Redis, the cache is shared by every host there
+            ShmStore.create(
+                share.certs, CERT_ENTRIES, value_size=CERT_VALUE_SIZE, evict=True
+            ).close()
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._dir / "notify"))
         self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
