@@ -1,6 +1,7 @@
 """The HEP3 datagrams captured from a real Asterisk 22.10.1 (res_hep_pjsip), read at test
 time from ``../shared/asterisk/transcripts/hep/`` beside the checkout (CI has shared/ beside
-the clone; a worktree finds it further up). Missing: skipped, or failed under CI=1."""
+the clone; a worktree finds it further up). Missing: skipped, or failed under CI
+(tests/peers.py, the same rule as the real peers)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from stird.core.hep import HepPacket, decode_hep, encode_hep
+from tests.peers import missing
 
 _RELATIVE = Path("asterisk") / "transcripts" / "hep"
 
@@ -26,10 +26,7 @@ def hep_dir() -> Path:
     for candidate in candidates:
         if (candidate / "decoded.json").is_file():
             return candidate
-    message = "../shared/asterisk/transcripts/hep not found beside the checkout"
-    if os.environ.get("CI") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing("../shared/asterisk/transcripts/hep not found beside the checkout")
 
 
 def raw(name: str) -> bytes:

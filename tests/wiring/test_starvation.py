@@ -31,6 +31,7 @@ import pytest
 from stird.adapters.netstring import NetstringDecoder, encode
 from tests.adapters.test_agi import asterisk_offer, inbound, with_date
 from tests.asterisk_fakes import run_agi
+from tests.peers import missing
 from tests.wiring.test_daemon_api import FROM, SDP, TO, verify_body
 from tests.wiring.test_serve import free_port
 
@@ -54,7 +55,7 @@ def raise_fd_limit(want: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY and soft < want:
-        pytest.skip(f"needs {want} open files, the hard limit allows {soft}")
+        missing(f"needs {want} open files, the hard limit allows {soft}")
 
 
 class Legit:
