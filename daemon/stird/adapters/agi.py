@@ -268,31 +268,19 @@ class AgiServer:
     # --- routes ------------------------------------------------------------------------
 
     async def _sign(self, request: AgiRequest) -> None:
-        """Like :meth:`_run`, with the clear of STIRD_ACTION and the results that do not
-        change left out (``_SIGN_OUTPUTS``): the action is still set last."""
-        outcome = "error"
-        current: dict[str, str] = {}
-        try:
-            try:
-                self.api.admit("agi")  # before the channel reads: a refusal costs little
-                inputs, current = await self._sign_read(request)
-                if current.get("STIRD_ACTION", "?"):  # no stale verdict passes
-                    await request.set_variable("STIRD_ACTION", "")
-                    current["STIRD_ACTION"] = ""
-                variables, action = await self._sign_work(request, inputs)
-                outcome = "ok"
-            except (StirError, DtlsError, WorkFailed) as exc:
-                variables, action = self._failure("sign", request, exc)
-                outcome = "failed"
-            for name, value in variables:
-                if current.get(name) != value:
-                    await request.set_variable(name, value)
-            await request.set_variable("STIRD_ACTION", action)  # last: "all set"
-        except PEER_ERRORS:
-            outcome = "peer"
-            raise
-        finally:
-            self._record("sign", outcome)
+        await self._run(request, "sign", self._sign_then_work, clear_first=False)
+
+    async def _sign_then_work(
+        self, request: AgiRequest, current: dict[str, str]
+    ) -> tuple[Variables, str]:
+        """The inputs and the results as they stand in one read (``current``: results that
+        do not change are not set again); STIRD_ACTION cleared only when it holds one."""
+        inputs, found = await self._sign_read(request)
+        current.update(found)
+        if current.get("STIRD_ACTION", "?"):  # no stale verdict passes
+            await request.set_variable("STIRD_ACTION", "")
+            current["STIRD_ACTION"] = ""
+        return await self._sign_work(request, inputs)
 
     async def _sign_read(self, request: AgiRequest) -> tuple[list[str], dict[str, str]]:
         """(the seven inputs, the result variables as they are now); one round trip."""
@@ -304,26 +292,35 @@ class AgiServer:
         return (await request.get_full(_SIGN_READ)).split("|"), {}
 
     async def _verify(self, request: AgiRequest) -> None:
-        await self._run(request, "verify", self._verify_work)
+        await self._run(request, "verify", lambda r, _: self._verify_work(r))
 
     async def _run(
         self,
         request: AgiRequest,
         route: str,
-        work: Callable[[AgiRequest], Awaitable[tuple[Variables, str]]],
+        work: Callable[[AgiRequest, dict[str, str]], Awaitable[tuple[Variables, str]]],
+        *,
+        clear_first: bool = True,
     ) -> None:
+        """One route: admission, the work, its variables (those ``work`` found already
+        set to the same value are left alone), and STIRD_ACTION last ("all set"); a
+        failure sets the fail action. ``clear_first``: clear STIRD_ACTION before anything
+        else (no stale verdict passes, even a refused one)."""
         outcome = "error"  # until known otherwise (an unexpected exception: logged above)
+        current: dict[str, str] = {}  # result variables as the channel holds them, if read
         try:
-            await request.set_variable("STIRD_ACTION", "")  # no stale verdict passes
+            if clear_first:
+                await request.set_variable("STIRD_ACTION", "")
             try:
                 self.api.admit("agi")  # before the channel reads: a refusal costs little
-                variables, action = await work(request)
+                variables, action = await work(request, current)
                 outcome = "ok"
             except (StirError, DtlsError, WorkFailed) as exc:
                 variables, action = self._failure(route, request, exc)
                 outcome = "failed"
             for name, value in variables:
-                await request.set_variable(name, value)
+                if current.get(name) != value:
+                    await request.set_variable(name, value)
             await request.set_variable("STIRD_ACTION", action)  # last: "all set"
         except PEER_ERRORS:
             outcome = "peer"
