@@ -197,6 +197,16 @@ async def test_a_bad_field_is_400_on_every_transport(
     assert error["message"] == f"400 Bad Request: {body['error']}"
 
 
+async def test_a_bad_field_is_on_the_status_page(
+    daemon: Daemon, http: tuple[aiohttp.ClientSession, str]
+) -> None:
+    """A request refused for a bad field is a call the operator must see (an error)."""
+    assert (await post(http, "/v1/sign", {"orig": "+12025550100"}))[0] == 400
+    assert (await post(http, "/v1/verify", {"identity": [], "from": FROM}))[0] == 400
+    kinds = [(r.kind, r.code) for r in daemon.api.calls.recent(5)]
+    assert kinds == [("verify", 400), ("sign", 400)]
+
+
 async def test_jsonrpc_over_http(http: tuple[aiohttp.ClientSession, str]) -> None:
     sign = await signed(http)
     batch = [

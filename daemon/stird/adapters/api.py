@@ -88,9 +88,9 @@ class StirApi:
         self.admit()
         started = time.perf_counter()
         runtime = self.runtime
-        request = sign_input(params, runtime.region)
-        oob = wants_oob(params)
         try:
+            request = sign_input(params, runtime.region)  # a bad field is a StirError (400)
+            oob = wants_oob(params)
             out = runtime.auth.sign(request)
         except StirError as exc:
             self.metrics.observe("sign", time.perf_counter() - started, "error", exc.code, "")
@@ -135,12 +135,12 @@ class StirApi:
     async def verify(self, params: Any) -> dict[str, Any]:
         self.admit()
         started = time.perf_counter()
-        facts = sip_facts(params)
-        backwards = is_backwards(params)  # the callee's in-dialog request (RFC 8862 §4.3)
-        if backwards:
-            facts = replace(facts, dialog_forming=False)
         runtime = self.runtime
         try:
+            facts = sip_facts(params)  # a bad field is a StirError (400): recorded below
+            backwards = is_backwards(params)  # the callee's in-dialog request (RFC 8862 §4.3)
+            if backwards:
+                facts = replace(facts, dialog_forming=False)
             if runtime.oob is None:
                 verdict = await runtime.verifier.verify(facts, deadline=budget(params))
             else:
