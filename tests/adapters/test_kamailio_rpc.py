@@ -256,3 +256,32 @@ def test_datagram_calls_on_the_daemons_event_loop(
 
     results = eventloop.run(main())
     assert [r["all"] for r in results] == [1] * 50
+
+
+async def test_hostile_datagram_replies_are_dropped_and_the_answer_still_arrives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any local process can write to the abstract reply socket: deep nesting and junk are
+    dropped (json raises RecursionError there, not ValueError), the real answer is read."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "rpc.sock"
+    server.bind(str(path))
+    server.setblocking(False)
+    rpc = KamailioRpc(KamailioTarget(socket_path=str(path), timeout=2.0))
+    loop = asyncio.get_running_loop()
+
+    async def answer() -> None:
+        data, peer = await loop.sock_recvfrom(server, 65536)
+        request = json.loads(data)
+        for junk in (b"[" * 100_000, b"\xff\xfe", b"{}", b"[1,2]"):
+            server.sendto(junk, peer)
+        reply = {"jsonrpc": "2.0", "id": request["id"], "result": {"active": 0}}
+        server.sendto(json.dumps(reply).encode(), peer)
+
+    task = asyncio.create_task(answer())
+    try:
+        assert await rpc.call("dlg.stats_active") == {"active": 0}
+    finally:
+        await task
+        server.close()
+    assert "Exception in callback" not in caplog.text  # nothing escaped the reader

@@ -89,3 +89,12 @@ async def test_x5u_probe_is_cached() -> None:
     assert first[ok].ok and first[ok].detail == "HTTP 200"
     assert not first[missing].ok and first[missing].detail == "HTTP 404"
     assert again == first and hits == ["/ok.pem"]  # cached: asked once
+
+
+def test_hostile_last_parameter_falls_back_to_the_default() -> None:
+    """``?last=`` from the query string: odd digits or a huge number never reach int()."""
+    from stird.adapters.status_page import MAX_LAST, _last
+
+    for text in ("²", "١٢", "9" * 5000, "-3", "0", "", None, " 5", "1e3"):
+        assert _last(text) == 50, text
+    assert _last("7") == 7 and _last("999999") == MAX_LAST

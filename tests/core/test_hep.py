@@ -115,3 +115,21 @@ def test_random_bytes_after_the_magic_raise_only_hep_errors(tail: bytes) -> None
     data = b"HEP3" + struct.pack("!H", 6 + len(tail)) + tail
     with contextlib.suppress(HepError):
         parse_sip(decode_hep(data).payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"SIP/2.0 \xc2\xb2\xc2\xb2\xc2\xb2 OK\r\nCall-ID: a\r\nCSeq: 1 INVITE\r\n\r\n",  # "²²²"
+        b"SIP/2.0 \xd9\xa2\xd9\xa0\xd9\xa0 OK\r\nCall-ID: a\r\n\r\n",  # Arabic-Indic "200"
+    ],
+)
+def test_non_ascii_digits_in_a_status_line_are_a_hep_error(payload: bytes) -> None:
+    """str.isdigit() takes "²": int() then fails; only ASCII digits are SIP digits."""
+    with pytest.raises(HepError):
+        parse_sip(payload)
+
+
+def test_non_ascii_digits_in_cseq_are_no_cseq() -> None:
+    message = parse_sip(b"INVITE sip:a@b SIP/2.0\r\nCall-ID: a\r\nCSeq: \xc2\xb9 INVITE\r\n\r\n")
+    assert message.cseq is None

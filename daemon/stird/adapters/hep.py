@@ -73,6 +73,7 @@ class SdpStore:
         self._offers: OrderedDict[str, _Offer] = OrderedDict()
         self._bytes = 0
         self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._waiting = 0  # futures in _waiters, bounded by max_waiters
 
     def __len__(self) -> int:
         return len(self._offers)
@@ -125,15 +126,18 @@ class SdpStore:
         found = self.offer(call_id)
         if found is not None or timeout <= 0:
             return found
-        if sum(len(w) for w in self._waiters.values()) >= self.max_waiters:
+        if self._waiting >= self.max_waiters:
             return None
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(call_id, []).append(waiter)
+        self._waiting += 1
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task per wait (3.11)
+                return await waiter
         except TimeoutError:
             return None
         finally:
+            self._waiting -= 1
             waiters = self._waiters.get(call_id, [])
             if waiter in waiters:
                 waiters.remove(waiter)

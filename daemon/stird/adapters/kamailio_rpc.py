@@ -109,7 +109,7 @@ class DatagramMux:
     def _deliver(self, data: bytes) -> None:
         try:
             answer = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # a local peer's junk, deep nesting included
             return
         request_id = answer.get("id") if isinstance(answer, dict) else None
         future = self._waiting.get(request_id) if type(request_id) is int else None
@@ -140,7 +140,7 @@ class KamailioRpc:
         try:
             async with asyncio.timeout(self.target.timeout):
                 answer = await self._exchange(json.dumps(request).encode(), request["id"])
-        except (TimeoutError, OSError, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             raise KamailioRpcError(f"{method}: {type(exc).__name__}: {exc}") from None
         if not isinstance(answer, dict):
             raise KamailioRpcError(f"{method}: not a JSON-RPC answer")

@@ -270,7 +270,10 @@ class StatusView:
 
 
 def _last(text: str | None) -> int:
-    return min(int(text), MAX_LAST) if text and text.isdigit() and int(text) > 0 else 50
+    """``?last=``: 1 to MAX_LAST ASCII digits' worth; anything else the default (50)."""
+    if not text or len(text) > 6 or not text.isascii() or not text.isdigit() or int(text) < 1:
+        return 50
+    return min(int(text), MAX_LAST)
 
 
 def _html(body: str, status: int = 200) -> web.Response:

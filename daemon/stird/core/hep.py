@@ -15,6 +15,7 @@ the values it needs and lets the verifier parse them.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from stird.core.errors import SipStatus, StirError
 MAGIC = b"HEP3"
 MAX_DATAGRAM = 65535  # the 16-bit total length field: no valid datagram is longer
 MAX_HEADERS = 256  # header lines of one SIP message
+_DIGITS = re.compile(r"[0-9]+")
+_STATUS_CODE = re.compile(r"[0-9]{3}")
 _HEADER = struct.Struct("!4sH")
 _CHUNK = struct.Struct("!HHH")
 
@@ -235,7 +238,8 @@ class SipMessage:
     @property
     def cseq(self) -> tuple[int, str] | None:
         value = (self.first("cseq") or "").split()
-        if len(value) != 2 or not value[0].isdigit() or len(value[0]) > 10:
+        # CSeq = 1*DIGIT LWS Method (RFC 3261 §20.16): ASCII digits (str.isdigit takes "¹")
+        if len(value) != 2 or not _DIGITS.fullmatch(value[0]) or len(value[0]) > 10:
             return None
         return int(value[0]), value[1].upper()
 
@@ -258,7 +262,7 @@ class SipMessage:
 def _start_line(line: str) -> tuple[str | None, int | None, str | None]:
     parts = line.split(" ", 2)
     if len(parts) == 3 and parts[0] == "SIP/2.0":
-        if len(parts[1]) != 3 or not parts[1].isdigit():
+        if not _STATUS_CODE.fullmatch(parts[1]):  # Status-Code = 3DIGIT (RFC 3261 §25.1)
             raise HepError("SIP status line without a three-digit code")
         return None, int(parts[1]), None
     if len(parts) == 3 and parts[2] == "SIP/2.0" and parts[0].isalpha():
