@@ -484,3 +484,28 @@ async def test_netstring_cap_closes_the_oldest_idle(netstring: Any) -> None:
     assert closed(listeners, "jsonrpc", Reason.EVICTED) == 1
     for _, writer in idle:
         writer.close()
+
+
+async def test_policed_site_keeps_the_runners_handler_options() -> None:
+    """PolicedSite builds aiohttp's handler itself: what the runner was given (here
+    max_field_size) must still apply, like web.Server would pass it."""
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None, max_field_size=64)
+    await runner.setup()
+    listeners = Listeners.build(FAST, CollectorRegistry())
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    await PolicedSite(runner, sock, listeners.tracker("http"), backlog=LISTEN_BACKLOG).start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 200 + b"\r\n\r\n")
+        answer = await eof_within(reader, 3)
+        writer.close()
+        assert b" 400 Bad Request" in answer.split(b"\r\n", 1)[0], answer[:40]
+    finally:
+        await runner.cleanup()

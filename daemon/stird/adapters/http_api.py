@@ -253,6 +253,7 @@ class PolicedSite(web.SockSite):
         assert server is not None  # set by runner.setup(), which BaseSite checks
         loop = asyncio.get_running_loop()
         options: dict[str, Any] = {
+            **server._kwargs,  # what the runner was given (web.Server.__call__ passes them)
             "loop": loop,
             "access_log": None,
             # a backstop only: the tracker closes idle connections first
