@@ -317,3 +317,67 @@ async def test_the_gate_lets_a_few_cps_requests_work_at_a_time() -> None:
     assert most == 2
     assert results.count("served") == 5 and results.count("busy") == 3
     assert gate.refused == 3
+
+
+def _token(header: dict[str, object], claims: dict[str, object], sig: bytes = b"s" * 64) -> str:
+    import json
+
+    from stird.core import jose
+
+    head = jose.b64u_encode(json.dumps(header).encode())
+    body = jose.b64u_encode(json.dumps(claims).encode())
+    return f"{head}.{body}.{jose.b64u_encode(sig)}"
+
+
+async def test_hostile_store_tokens_are_refused_with_a_stir_error(pki: Pki) -> None:
+    """Who may store as a signer: only a credential under the CPS's anchors, signing this
+    number and body. Every forgery is a StirError (400/403/437/438), never a crash."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    service = service_for(pki, MemoryCpsStore())
+    body, now = b'{"entries": []}', int(time.time())
+    good = signer(pki)
+    rogue_key = ec.generate_private_key(ec.SECP256R1())
+    rogue = certs.make_stir_cert(rogue_key, now=now - 60, tns=["13035550100"])  # self-signed
+    claims = {"iat": now, "jti": "x", "tn": TN, "body": cps.body_digest(body)}
+
+    def der(c: x509.Certificate) -> str:
+        return base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+
+    x5c = [der(c) for c in good.chain]
+    typ = cps.STORE_TOKEN_TYP
+    hostile = {
+        "self-signed credential": cps.store_token(
+            TN, body, key=rogue_key, chain=(rogue,), now=now, jti="r"
+        ),
+        "trusted chain, another key": cps.store_token(
+            TN, body, key=rogue_key, chain=good.chain, now=now, jti="k"
+        ),
+        "alg none": _token({"alg": "none", "typ": typ, "x5c": x5c}, claims),
+        "alg HS256": _token({"alg": "HS256", "typ": typ, "x5c": x5c}, claims),
+        "x5c not a list": _token({"alg": "ES256", "typ": typ, "x5c": "abc"}, claims),
+        "x5c garbage": _token({"alg": "ES256", "typ": typ, "x5c": ["!!!", 7]}, claims),
+        "x5c PEM": _token(
+            {"alg": "ES256", "typ": typ, "x5c": [certs.cert_to_pem(good.chain[0]).decode()]}, claims
+        ),
+        "x5c empty": _token({"alg": "ES256", "typ": typ, "x5c": []}, claims),
+        "eleven certificates": _token({"alg": "ES256", "typ": typ, "x5c": x5c * 6}, claims),
+        "bad signature": _token({"alg": "ES256", "typ": typ, "x5c": x5c}, claims),
+        "iat a bool": _token({"alg": "ES256", "typ": typ, "x5c": x5c}, {**claims, "iat": True}),
+        "two parts": "a.b",
+        "huge": "a." * 20_000 + "b",
+        "not base64": "%%%.%%%.%%%",
+        "nested": _token(
+            {"alg": "ES256", "typ": typ, "x5c": x5c}, {"a": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}
+        ),
+    }
+    for name, token in hostile.items():
+        with pytest.raises(StirError) as info:
+            service.authenticate(token, TN, body)
+        assert info.value.code in (400, 403, 437, 438), (name, info.value)
+    assert service.authenticate(
+        cps.store_token(TN, body, key=good.key, chain=good.chain, now=now, jti="ok"), TN, body
+    )

@@ -203,10 +203,10 @@ def check_store_token(
     claims = jose.strict_json_object(jose.b64u_decode(parts[1], "claims"), "claims")
     if header.get("alg") != "ES256" or header.get("typ") != STORE_TOKEN_TYP:
         raise bad_request(f"store token must be ES256 with typ {STORE_TOKEN_TYP!r}")
-    chain = oobkeys._x5c(header)  # the one x5c reader
+    chain = oobkeys.read_x5c(header)  # the one x5c reader
     if not chain:
         raise bad_request("store token carries its credential in x5c")
-    oobkeys._check_trust(chain, policy, now)  # trust as for publications
+    oobkeys.check_publisher_trust(chain, policy, now)  # trust as for publications
     signature = jose.b64u_decode(parts[2], "signature")
     jose.es256_verify(certs.check_signing_key(chain[0]), f"{parts[0]}.{parts[1]}".encode(),
                       signature)  # fmt: skip

@@ -123,7 +123,7 @@ def _list(payload: dict[str, Any], name: str, least: int, most: int) -> list[Any
     return value
 
 
-def _x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
+def read_x5c(header: dict[str, Any]) -> tuple[x509.Certificate, ...]:
     value = header.get("x5c")
     if value is None:
         return ()
@@ -149,7 +149,7 @@ def _header(raw: dict[str, Any]) -> tuple[tuple[x509.Certificate, ...], str | No
     x5u = raw.get("x5u")
     if x5u is not None and not (isinstance(x5u, str) and 0 < len(x5u) <= 2048):
         raise bad_request("x5u must be a URL")
-    chain = _x5c(raw)
+    chain = read_x5c(raw)
     if not chain and x5u is None:
         raise bad_request("a key publication names its credential in x5c or x5u")
     return chain, x5u
@@ -187,7 +187,9 @@ class PublicationPolicy:
     spc_tns: SpcLookup | None = None
 
 
-def _check_trust(chain: Sequence[x509.Certificate], policy: PublicationPolicy, now: int) -> None:
+def check_publisher_trust(
+    chain: Sequence[x509.Certificate], policy: PublicationPolicy, now: int
+) -> None:
     certs.check_signing_key(chain[0])
     if chain[0] in policy.pins:
         certs.check_validity(chain[0], now)
@@ -204,7 +206,7 @@ def verify_publication(pub: KeyPublication, policy: PublicationPolicy, now: int)
     ``exp`` capped by the policy and the leaf's notAfter. ``pub.chain`` must be loaded."""
     if not pub.chain:
         raise bad_request("publication chain not loaded")
-    _check_trust(pub.chain, policy, now)
+    check_publisher_trust(pub.chain, policy, now)
     head, body, sig = pub.token.split(".")
     signature = jose.b64u_decode(sig, "signature")
     jose.es256_verify(certs.check_signing_key(pub.chain[0]), f"{head}.{body}".encode(), signature)
