@@ -16,6 +16,7 @@ from typing import Any
 
 from stird.wiring.config import ConfigError, load_config
 from stird.wiring.exposure import load_token
+from stird.wiring.oob_app import own_url
 
 TIMEOUT = 5.0  # seconds for the one request to the daemon
 MAX_BODY = 8 << 20
@@ -33,11 +34,8 @@ def _base(args: argparse.Namespace) -> tuple[str, str | None]:
             config = load_config(args.config)
         except ConfigError as exc:
             raise StatusError(str(exc)) from None
-        if url is None:
-            where = config.server.http
-            host = "127.0.0.1" if where.host in ("0.0.0.0", "") else where.host  # noqa: S104
-            host = "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
-            url = f"http://{host}:{where.port}"
+        if url is None:  # a wildcard listener is reached on loopback
+            url = own_url((config.server.http.host or "0.0.0.0", config.server.http.port))  # noqa: S104
         token_file = token_file or config.server.token_file
     try:
         token = load_token(token_file) if token_file is not None else None
