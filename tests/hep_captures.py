@@ -1,7 +1,7 @@
-"""The HEP3 datagrams captured from a real Asterisk 22.10.1 (res_hep_pjsip), read at test
-time from ``../shared/asterisk/transcripts/hep/`` beside the checkout (CI has shared/ beside
-the clone; a worktree finds it further up). Missing: skipped, or failed under CI
-(tests/peers.py, the same rule as the real peers)."""
+"""The HEP3 datagrams captured from a real Asterisk 22.10.1 (res_hep_pjsip): the copy in
+``tests/data/hep/`` (byte for byte ``../shared/asterisk/transcripts/hep/``, whose README
+describes them), else that folder beside the checkout or further up. Missing: skipped, or
+failed under CI (tests/peers.py, the same rule as the real peers)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ _RELATIVE = Path("asterisk") / "transcripts" / "hep"
 
 def hep_dir() -> Path:
     repo = Path(__file__).resolve().parents[1]
-    candidates = [repo / ".." / "shared" / _RELATIVE]
+    # a copy in the tests (as the other transcripts), so a bare clone runs them too
+    candidates = [
+        Path(__file__).resolve().parent / "data" / "hep",
+        repo / ".." / "shared" / _RELATIVE,
+    ]
     if os.environ.get("STIRD_SHARED"):
         candidates.insert(0, Path(os.environ["STIRD_SHARED"]) / _RELATIVE)
     candidates += [parent / "shared" / _RELATIVE for parent in repo.parents]
