@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from ipaddress import ip_network
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from stird.adapters.cps_client import HttpCpsClient, StoreIdentity, default_poli
 from stird.adapters.cps_memory import MemoryCpsStore, entry_cost
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.cps_server import CpsLimits, add_cps_routes
+from stird.adapters.cps_sqlite import SqliteCpsStore
 from stird.adapters.overload import LoadShedder, Overloaded
 from stird.adapters.store_memory import MemoryStore
 from stird.core import certs, cps, oob
@@ -170,9 +172,9 @@ async def test_hundred_addresses_cannot_push_the_store_past_its_byte_bound(
     assert memory.bytes <= bound
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
 async def test_store_bounds_bytes_on_both_backends(
-    backend: str, request: pytest.FixtureRequest
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     blob = oob.dummy(BIG, secrets.token_bytes).to_bytes()
     cost = entry_cost("x" * 22, blob)
@@ -180,6 +182,9 @@ async def test_store_bounds_bytes_on_both_backends(
     async with AsyncExitStack() as stack:
         if backend == "memory":
             store: CpsStore = MemoryCpsStore(max_bytes=bound)
+        elif backend == "sqlite":
+            SqliteCpsStore.create(tmp_path / "cps.sqlite")
+            store = SqliteCpsStore(tmp_path / "cps.sqlite", max_bytes=bound)
         else:
             url = request.getfixturevalue("redis_url")
             store = await stack.enter_async_context(RedisCpsStore(

@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import MAX_BATCH, RedisStore
 from stird.adapters.store_shm import ShmStore
+from stird.adapters.store_sqlite import SqliteStore
 from stird.services.ports import KeyValueStore
 from stird.services.stores import StoreFull, StoreUnavailable
 from tests.fixtures_redis import free_port
@@ -37,9 +38,9 @@ class Kit:
     advance: Callable[[float], Awaitable[None]]  # let this many seconds pass
 
 
-@pytest.fixture(params=["memory", "shm", "redis"])
+@pytest.fixture(params=["memory", "shm", "sqlite", "redis"])
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
-    if request.param in ("memory", "shm"):
+    if request.param in ("memory", "shm", "sqlite"):
         clock = FakeClock()
 
         async def tick(seconds: float) -> None:
@@ -47,6 +48,12 @@ async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[K
 
         if request.param == "memory":
             yield Kit(MemoryStore(clock=clock), tick)
+            return
+        if request.param == "sqlite":
+            SqliteStore.create(tmp_path / "kv.sqlite")
+            lite = SqliteStore(tmp_path / "kv.sqlite", clock=clock)
+            yield Kit(lite, tick)
+            await lite.close()
             return
         shm = ShmStore.create(tmp_path / "kv", 1000, value_size=2048, clock=clock)
         yield Kit(shm, tick)
@@ -123,6 +130,25 @@ async def test_tiny_ttl_is_floored_not_rejected(kit: Kit) -> None:
     await kit.advance(0.05)
     assert await kit.store.get("k") is None
     assert await kit.store.get("k3") is None
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_bounded_evicts_soonest_expiring(backend: str, tmp_path: Path) -> None:
+    clock = FakeClock()
+    store: MemoryStore | SqliteStore
+    if backend == "memory":
+        store = MemoryStore(max_entries=3, clock=clock)
+    else:
+        SqliteStore.create(tmp_path / "kv.sqlite")
+        store = SqliteStore(tmp_path / "kv.sqlite", max_entries=3, max_value=64, clock=clock)
+    for key, ttl in (("a", 100), ("b", 10), ("c", 50), ("d", 70)):
+        await store.set(key, key.encode(), ttl)
+    await store.set("a", b"again", 100)  # an overwrite at capacity evicts nothing
+    assert len(store) == 3 and await store.get("b") is None
+    assert {k for k in "acd" if await store.get(k) is not None} == {"a", "c", "d"}
+    if isinstance(store, SqliteStore):
+        with pytest.raises(StoreFull):
+            await store.set("big", b"x" * 65, 10)
 
 
 # -- memory store ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from stird.adapters.cps_memory import ENTRY_OVERHEAD, MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
+from stird.adapters.cps_sqlite import SqliteCpsStore
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
 from stird.core import certs, oob, oobkeys
@@ -49,15 +51,25 @@ class Kit:
         return CpsService(self.store, policy, clock=self.clock, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def kit(request: pytest.FixtureRequest) -> AsyncIterator[Kit]:
-    if request.param == "memory":
+def sqlite_store(folder: Path, max_entries: int = 100_000) -> SqliteCpsStore:
+    SqliteCpsStore.create(folder / "cps.sqlite")
+    return SqliteCpsStore(folder / "cps.sqlite", max_entries)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Kit]:
+    if request.param in ("memory", "sqlite"):
         clock = FakeClock()
 
         async def tick(seconds: float) -> None:
             clock.now += seconds
 
-        yield Kit(MemoryCpsStore(), clock, tick)
+        if request.param == "memory":
+            yield Kit(MemoryCpsStore(), clock, tick)
+        else:
+            store = sqlite_store(tmp_path)
+            yield Kit(store, clock, tick)
+            await store.close()
     else:
         url: str = request.getfixturevalue("redis_url")
         async with RedisCpsStore(url, prefix=f"cps:{uuid.uuid4().hex}:", timeout=2.0) as store:
@@ -237,8 +249,10 @@ async def test_malformed_requests_are_stir_errors(kit: Kit, key: DecryptionKey) 
         await cps.get(TN, "../etc")
 
 
-def test_memory_store_is_bounded(key: DecryptionKey) -> None:
-    store = MemoryCpsStore(max_entries=2)
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_memory_store_is_bounded(key: DecryptionKey, backend: str, tmp_path: Path) -> None:
+    store: CpsStore = (MemoryCpsStore(max_entries=2) if backend == "memory"
+                       else sqlite_store(tmp_path, max_entries=2))  # fmt: skip
     cps = CpsService(store, clock=FakeClock())
     (entry,) = sealed(key)
 

@@ -1,15 +1,22 @@
-"""The msec dialog policy state machine (RFC 8862 §4.3–4.4) with an injected clock."""
+"""The msec dialog policy state machine (RFC 8862 §4.3–4.4) with an injected clock, over
+both dialog stores (this process's memory, the SQLite table the workers share)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from stird.adapters.dialogs_sqlite import SqliteDialogStore
 from stird.services.dialogs import (
     Decision,
     DialogHandle,
     DialogPolicy,
+    DialogStore,
+    MemoryDialogStore,
     MsecPolicy,
     Outcome,
     Phase,
@@ -38,11 +45,30 @@ class Clock:
         return self.now
 
 
+StoreFactory = Callable[[int], DialogStore]
+_stores: list[StoreFactory] = []
+
+
+@pytest.fixture(autouse=True, params=["memory", "sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every test runs over each store; ``make`` takes the current one."""
+    numbers = itertools.count()
+
+    def sqlite(max_dialogs: int) -> DialogStore:
+        path = tmp_path / f"dialogs{next(numbers)}.sqlite"
+        SqliteDialogStore.create(path)
+        return SqliteDialogStore(path, max_dialogs)
+
+    _stores.append(MemoryDialogStore if request.param == "memory" else sqlite)
+    yield str(request.param)
+    _stores.pop()
+
+
 def make(
-    policy: MsecPolicy = MsecPolicy.MANDATORY, **kw: object
+    policy: MsecPolicy = MsecPolicy.MANDATORY, max_dialogs: int = 10_000, **kw: object
 ) -> tuple[DialogPolicy, FakeEnder, Clock, list[Outcome]]:
     ender, clock, outcomes = FakeEnder(), Clock(), []
-    dp = DialogPolicy(ender, policy=policy, window=5.0, clock=clock,
+    dp = DialogPolicy(ender, policy=policy, window=5.0, clock=clock, store=_stores[-1](max_dialogs),
                       on_outcome=lambda c, o, p: outcomes.append(o), **kw)  # type: ignore[arg-type]  # fmt: skip
     return dp, ender, clock, outcomes
 

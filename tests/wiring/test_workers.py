@@ -260,14 +260,14 @@ def test_worker_count() -> None:
     assert worker_count(parse_config({"server": {"workers": 0}}, Path("x"))) == len(
         os.sched_getaffinity(0)
     )
-    # the embedded default's in-process CPS lives in one process
-    assert worker_count(parse_config({"server": {"workers": 4}})) == 1
+    # the embedded default's in-process CPS is shared (SQLite): tests/wiring/test_workers_shared.py
+    assert worker_count(parse_config({"server": {"workers": 4}})) == 4
+    dialog = {"server": {"workers": 4}, "dialog": {"policy": "mandatory"}}  # shared too
+    assert worker_count(parse_config(dialog, Path("x"))) == 4
 
 
 def test_per_process_state_keeps_one_worker() -> None:
-    """HEP's SDP store and msec dialog tracking live in one process: a HEP copy taken by
-    one worker must be there for the AGI session another worker serves."""
+    """HEP's SDP store lives in one process: a HEP copy taken by one worker must be there
+    for the AGI session another worker serves."""
     hep = {"server": {"workers": 4}, "asterisk": {"hep": "127.0.0.1:9060"}}
     assert worker_count(parse_config(hep, Path("x"))) == 1
-    dialog = {"server": {"workers": 4}, "dialog": {"policy": "mandatory"}}
-    assert worker_count(parse_config(dialog, Path("x"))) == 1

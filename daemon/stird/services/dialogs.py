@@ -22,10 +22,11 @@ import heapq
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from stird.services.ports import Clock, system_clock
+from stird.services.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,96 @@ class DialogEnder(Protocol):
     async def end(self, handle: DialogHandle, reason: str) -> bool: ...
 
 
-@dataclass(slots=True)
-class _Dialog:
+@dataclass(frozen=True, slots=True)
+class DialogRecord:
+    """One tracked dialog, as a :class:`DialogStore` keeps it."""
+
     call_id: str
     handle: DialogHandle
     created: float
     phase: Phase = Phase.OFFERED
-    deadline: float | None = None
+    deadline: float | None = None  # set at the answer: the window's end (or now)
     retries: int = 0
     pending: Outcome | None = None  # failed before the answer: end it at the 2xx
+
+
+class DialogStore(Protocol):
+    """Where :class:`DialogPolicy` keeps its dialogs: this process's memory
+    (:class:`MemoryDialogStore`) or a table the worker processes of a host share
+    (stird.adapters.dialogs_sqlite). Calls are synchronous and short; bounded by the
+    store. A store that fails raises :class:`~stird.services.stores.StoreUnavailable`."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, call_id: str) -> DialogRecord | None: ...
+
+    def insert(self, record: DialogRecord) -> None:
+        """A new dialog (replacing one with its Call-ID); beyond the bound the oldest
+        dialogs go."""
+        ...
+
+    def update(self, record: DialogRecord, *, due: float | None = None) -> None:
+        """Change a dialog that is still tracked (else nothing); ``due``: arm its timer."""
+        ...
+
+    def remove(self, call_id: str) -> None: ...
+
+    def claim_due(self, now: float) -> list[DialogRecord]:
+        """The tracked dialogs whose timer is due at ``now``, their timers disarmed, in one
+        atomic step: among processes sharing the store, each is handed to one only."""
+        ...
+
+    def evict_created_before(self, moment: float) -> None: ...
+
+
+class MemoryDialogStore:
+    """The dialogs of one process: insertion-ordered (the oldest are evicted first) with a
+    heap of timers (stale ones dropped lazily when due)."""
+
+    def __init__(self, max_dialogs: int = 10_000) -> None:
+        if max_dialogs < 1:
+            raise ValueError("max_dialogs must be at least 1")
+        self._max = max_dialogs
+        self._dialogs: OrderedDict[str, DialogRecord] = OrderedDict()
+        self._timers: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+    def get(self, call_id: str) -> DialogRecord | None:
+        return self._dialogs.get(call_id)
+
+    def insert(self, record: DialogRecord) -> None:
+        self._dialogs.pop(record.call_id, None)
+        while len(self._dialogs) >= self._max:
+            self._dialogs.popitem(last=False)  # the oldest goes; it is counted nowhere
+        self._dialogs[record.call_id] = record
+
+    def update(self, record: DialogRecord, *, due: float | None = None) -> None:
+        if record.call_id not in self._dialogs:
+            return
+        self._dialogs[record.call_id] = record
+        if due is not None:
+            heapq.heappush(self._timers, (due, record.call_id))
+
+    def remove(self, call_id: str) -> None:
+        self._dialogs.pop(call_id, None)
+
+    def claim_due(self, now: float) -> list[DialogRecord]:
+        due = []
+        while self._timers and self._timers[0][0] <= now:
+            _, call_id = heapq.heappop(self._timers)
+            record = self._dialogs.get(call_id)
+            if record is not None:
+                due.append(record)
+        return due
+
+    def evict_created_before(self, moment: float) -> None:
+        while self._dialogs:
+            oldest = next(iter(self._dialogs.values()))
+            if oldest.created > moment:
+                break
+            self._dialogs.popitem(last=False)
 
 
 class Decision(enum.StrEnum):
@@ -95,98 +177,112 @@ class DialogPolicy:
         max_age: float = 4 * 3600.0,
         clock: Clock = system_clock,
         on_outcome: Callable[[str, Outcome, MsecPolicy], None] | None = None,
+        store: DialogStore | None = None,
     ) -> None:
+        """``store``: where the dialogs are kept (default: this process's memory, bounded
+        by ``max_dialogs``; a shared store has its own bound). Processes sharing a store
+        need a shared ``clock`` (time.monotonic is the host's)."""
         self._ender, self.policy, self.window = ender, policy, window
-        self._max, self._max_age, self._clock = max_dialogs, max_age, clock
-        self._dialogs: OrderedDict[str, _Dialog] = OrderedDict()
-        self._timers: list[tuple[float, str]] = []
+        self._max_age, self._clock = max_age, clock
+        self._store: DialogStore = store if store is not None else MemoryDialogStore(max_dialogs)
         self._on_outcome = on_outcome
 
     def __len__(self) -> int:
-        return len(self._dialogs)
+        return len(self._store)
 
     def phase(self, call_id: str) -> Phase | None:
-        dialog = self._dialogs.get(call_id)
+        dialog = self._get(call_id)
         return dialog.phase if dialog else None
+
+    def _get(self, call_id: str) -> DialogRecord | None:
+        try:
+            return self._store.get(call_id)
+        except StoreUnavailable as exc:
+            log.warning("msec dialog %s: the dialog store failed: %s", call_id, exc)
+            return None
 
     def offered(self, call_id: str, handle: DialogHandle) -> None:
         """Our msec-signed dialog-forming INVITE went out."""
-        while len(self._dialogs) >= self._max:
-            self._dialogs.popitem(last=False)  # the oldest goes; it is counted nowhere
-        self._dialogs[call_id] = _Dialog(call_id, handle, self._clock())
+        try:
+            self._store.insert(DialogRecord(call_id, handle, self._clock()))
+        except StoreUnavailable as exc:
+            log.warning("msec dialog %s not tracked: the dialog store failed: %s", call_id, exc)
 
     def answered(self, call_id: str) -> None:
         """A 2xx arrived: start the window for the backwards signed request."""
-        dialog = self._dialogs.get(call_id)
+        dialog = self._get(call_id)
         if dialog is None or dialog.deadline is not None:
             return
         if dialog.pending is not None:  # failed on the early dialog: end it now
-            dialog.deadline = self._clock()
+            dialog = replace(dialog, deadline=self._clock())
         elif dialog.phase is Phase.OFFERED:
-            dialog.phase, dialog.deadline = Phase.ANSWERED, self._clock() + self.window
+            dialog = replace(dialog, phase=Phase.ANSWERED, deadline=self._clock() + self.window)
         else:  # confirmed on the early dialog: nothing is due
             return
-        heapq.heappush(self._timers, (dialog.deadline, call_id))
+        self._save(dialog, due=dialog.deadline)
+
+    def _save(self, dialog: DialogRecord, *, due: float | None = None) -> None:
+        try:
+            self._store.update(dialog, due=due)
+        except StoreUnavailable as exc:
+            log.warning("msec dialog %s: the dialog store failed: %s", dialog.call_id, exc)
 
     async def backwards(self, call_id: str, valid: bool) -> Decision:
         """The callee's signed backwards request was verified (RFC 8862 §4.3)."""
-        dialog = self._dialogs.get(call_id)
+        dialog = self._get(call_id)
         if dialog is None or dialog.phase in (Phase.CONFIRMED, Phase.FAILED):
             return Decision.CONTINUE
         if valid:
-            dialog.phase = Phase.CONFIRMED
+            self._save(replace(dialog, phase=Phase.CONFIRMED))
             self._record(call_id, Outcome.CONFIRMED)
             return Decision.CONTINUE
         return await self._fail(dialog, Outcome.INVALID)
 
     async def refused(self, call_id: str, code: int) -> Decision:
         """Our signed mid-dialog request got ``code``: one retry, then the policy."""
-        dialog = self._dialogs.get(call_id)
-        if dialog is None or code not in REPAIRABLE:
+        dialog = self._get(call_id) if code in REPAIRABLE else None
+        if dialog is None:
             return Decision.CONTINUE
         if dialog.retries == 0:
-            dialog.retries = 1
+            self._save(replace(dialog, retries=1))
             return Decision.RETRY
         return await self._fail(dialog, Outcome.REJECTED)
 
     def ended(self, call_id: str) -> None:
-        """BYE / hangup: forget the dialog (its timer entry is dropped lazily)."""
-        self._dialogs.pop(call_id, None)
+        """BYE / hangup: forget the dialog (a timer of its is dropped when due)."""
+        try:
+            self._store.remove(call_id)
+        except StoreUnavailable as exc:
+            log.warning("msec dialog %s: the dialog store failed: %s", call_id, exc)
 
     async def tick(self) -> int:
-        """Act on every window that has passed; returns how many dialogs failed."""
+        """Act on every window that has passed; returns how many dialogs failed. With a
+        shared store each due dialog is claimed by one process only."""
         now, failed = self._clock(), 0
-        while self._timers and self._timers[0][0] <= now:
-            _, call_id = heapq.heappop(self._timers)
-            dialog = self._dialogs.get(call_id)
-            if dialog is not None and dialog.phase is Phase.ANSWERED:
+        for dialog in self._store.claim_due(now):
+            if dialog.phase is Phase.ANSWERED:
                 await self._fail(dialog, Outcome.TIMED_OUT)
                 failed += 1
-            elif dialog is not None and dialog.pending is not None:
+            elif dialog.pending is not None:
                 await self._end(dialog, dialog.pending)
-        self._evict_old(now)
+        self._store.evict_created_before(now - self._max_age)
         return failed
 
-    def _evict_old(self, now: float) -> None:
-        while self._dialogs:
-            oldest = next(iter(self._dialogs.values()))
-            if now - oldest.created < self._max_age:
-                break
-            self._dialogs.popitem(last=False)
-
-    async def _fail(self, dialog: _Dialog, outcome: Outcome) -> Decision:
+    async def _fail(self, dialog: DialogRecord, outcome: Outcome) -> Decision:
         answered = dialog.deadline is not None
-        dialog.phase = Phase.FAILED
+        dialog = replace(dialog, phase=Phase.FAILED)
         self._record(dialog.call_id, outcome)
         if self.policy is MsecPolicy.OPPORTUNISTIC:
+            self._save(dialog)
             return Decision.CONTINUE
         if not answered:
-            dialog.pending = outcome  # ended when the 2xx arrives (see answered())
+            self._save(replace(dialog, pending=outcome))  # ended at the 2xx (answered())
             return Decision.END
+        self._save(dialog)
         await self._end(dialog, outcome)
         return Decision.END
 
-    async def _end(self, dialog: _Dialog, outcome: Outcome) -> None:
+    async def _end(self, dialog: DialogRecord, outcome: Outcome) -> None:
         try:
             ended = await self._ender.end(dialog.handle, _reason(outcome))
         except Exception:  # the PBX link failed: logged, the call table stays bounded
@@ -194,7 +290,7 @@ class DialogPolicy:
             ended = False
         if not ended:
             log.warning("dialog %s: the PBX did not end it (%s)", dialog.call_id, outcome)
-        self._dialogs.pop(dialog.call_id, None)
+        self.ended(dialog.call_id)
 
     def _record(self, call_id: str, outcome: Outcome) -> None:
         log.info("msec dialog %s: %s (%s policy)", call_id, outcome.value, self.policy.value)
@@ -207,7 +303,8 @@ class DialogPolicy:
     async def run(self, interval: float = 0.25) -> None:
         """The timer task: checks windows every ``interval`` seconds until cancelled. The
         daemon runs it under :class:`stird.adapters.supervisor.Supervisor`: an exception
-        is logged and counted, and the task restarts with the dialogs it tracked."""
+        (a failing store too) is logged and counted, and the task restarts with the
+        dialogs it tracked."""
         while True:
             await self.tick()
             await asyncio.sleep(interval)

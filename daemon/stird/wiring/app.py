@@ -55,7 +55,7 @@ from stird.services.verification import ReplayStats, VerificationService
 from stird.wiring.asterisk import start_asterisk
 from stird.wiring.builders import fetcher_for, trust_anchors
 from stird.wiring.config import Config, ConfigError
-from stird.wiring.cps_app import CpsParts, connection_policy
+from stird.wiring.cps_app import CpsFiles, CpsParts, connection_policy
 from stird.wiring.dialog_app import build_dialogs
 from stird.wiring.exposure import load_token, warn_if_insecure
 from stird.wiring.oob_app import build_oob, mount_cps, own_url
@@ -243,8 +243,9 @@ def build_runtime(
 class WorkerShare:
     """What the supervisor (stird.wiring.workers) hands each worker process: the sockets
     of the listeners (the worker's own, bound with ``SO_REUSEPORT`` and listening once
-    their server starts), and the shared-memory tables (stird.adapters.store_shm) and
-    metrics directory of all the workers."""
+    their server starts), the shared-memory tables (stird.adapters.store_shm), the SQLite
+    files (the embedded CPS without Redis, msec dialog tracking) and the metrics directory
+    of all the workers."""
 
     http: socket.socket
     jsonrpc: socket.socket | None
@@ -253,6 +254,9 @@ class WorkerShare:
     pins: Path  # TOFU pins (evicting, like the single process's MemoryStore)
     metrics_dir: Path
     certs: Path | None = None  # the certificate cache's shared level (evicting)
+    cps: Path | None = None  # the embedded CPS's entries (stird.adapters.cps_sqlite)
+    cps_keys: Path | None = None  # its key directory (stird.adapters.store_sqlite)
+    dialogs: Path | None = None  # msec dialogs (stird.adapters.dialogs_sqlite)
     slot: int = 0  # which worker: 0 counts what happens to all of them (reload failures)
 
     @property
@@ -287,7 +291,9 @@ class Daemon:
         self.shedder = LoadShedder(server.max_loop_lag, registry=self.metrics.registry)
         self.api.shedder = self.shedder
         self.api.supervisor = self.supervisor
-        self.dialogs = build_dialogs(self.config.dialog, self.metrics)
+        self.dialogs = build_dialogs(
+            self.config.dialog, self.metrics, shared=share.dialogs if share else None
+        )
         self.api.dialogs = self.dialogs.api
         self.metrics.watch_cache(lambda: self.built.cache.stats)
         self.metrics.watch_replay(lambda: self.replay_stats)
@@ -300,7 +306,9 @@ class Daemon:
         app = build_app(self.api, max_body=server.max_body, token=token, status=self.status_view)
         if share is not None:
             app.on_response_prepare.append(_worker_header(share))
-        self.cps: CpsParts | None = mount_cps(app, self.config, server.state_dir, self.shedder)
+        self.cps: CpsParts | None = mount_cps(
+            app, self.config, server.state_dir, self.shedder, shared=_cps_files(share)
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await self._start_pbx_listeners(share)
@@ -496,6 +504,12 @@ def _close_later(built: Built) -> None:
     task = asyncio.get_running_loop().create_task(built.close())
     _CLOSING.add(task)
     task.add_done_callback(_CLOSING.discard)
+
+
+def _cps_files(share: WorkerShare | None) -> CpsFiles | None:
+    if share is None or share.cps is None or share.cps_keys is None:
+        return None
+    return CpsFiles(share.cps, share.cps_keys)
 
 
 def _worker_header(share: WorkerShare) -> Callable[[web.Request, web.StreamResponse], Any]:

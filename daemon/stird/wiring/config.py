@@ -284,7 +284,8 @@ class ServerConfig:
     max_connections: int = setting(512, number(integer=True, above=True))  # per listener
     partial_frame_budget: int = setting(64 << 20, number(integer=True, above=True))  # all, bytes
     # worker processes sharing the listeners (stird.wiring.workers); 0: one per core,
-    # 1: a single process (no supervisor)
+    # 1: a single process (no supervisor). The embedded CPS and [dialog] tracking are
+    # shared among them (SQLite files); [asterisk] hep keeps stird to one
     workers: int = setting(0, number(integer=True, maximum=256))
 
 
@@ -378,7 +379,8 @@ class DialogConfig:
     """[dialog]: the msec dialog policy (RFC 8862 §4.3–4.4): after the answer to an
     msec-signed INVITE the callee must prove its keys with a signed backwards request
     within ``window`` seconds; "mandatory" ends the dialog otherwise, "opportunistic"
-    only records it, "off" tracks nothing."""
+    only records it, "off" tracks nothing. With several workers the dialogs are shared
+    (a SQLite file): any worker may see the sign, the answer or the proof."""
 
     policy: str = setting("off", one_of("mandatory", "opportunistic", "off"))
     window: float = setting(5.0, number(above=True, maximum=300))

@@ -3,9 +3,11 @@
 Builds the CPS and key directory from stird.toml: trust anchors from ``[verify]
 trust_anchors`` (publications must chain to them), storage in memory or in Redis
 (``--redis`` or ``[store] redis``) so several CPS servers behind a load balancer share one
-store. With the embedded default configuration (no file) the development credential and
-development encryption key under the state directory are trusted and published for every
-number — development only, logged loudly.
+store; the embedded CPS of ``stird serve`` with several workers and no Redis keeps it in
+SQLite files the workers share (:class:`CpsFiles`). With the embedded default
+configuration (no file) the development credential and development encryption key under
+the state directory are trusted and published for every number — development only,
+logged loudly.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from stird.adapters.connpolicy import ConnectionPolicy, Listeners, raise_fd_limi
 from stird.adapters.cps_memory import MemoryCpsStore
 from stird.adapters.cps_redis import RedisCpsStore
 from stird.adapters.cps_server import build_cps_app
+from stird.adapters.cps_sqlite import SqliteCpsStore
 from stird.adapters.http_api import PolicedSite
 from stird.adapters.sdnotify import SystemdNotifier
 from stird.adapters.sockets import LISTEN_BACKLOG, listen
 from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_redis import RedisStore
+from stird.adapters.store_sqlite import SqliteStore
 from stird.core.oob import RecipientKey
 from stird.core.oobkeys import PublicationPolicy
 from stird.services.certcache import CertificateCache
@@ -66,6 +70,15 @@ def _dev_trust(
     return policy, enckeys.load_recipient_keys(public)
 
 
+@dataclass(frozen=True)
+class CpsFiles:
+    """The SQLite files (made by the supervisor, stird.wiring.workers) in which the workers
+    of one host share the embedded CPS: its entries and its key directory."""
+
+    entries: Path
+    keys: Path
+
+
 @dataclass
 class CpsParts:
     service: CpsService
@@ -78,9 +91,12 @@ class CpsParts:
             await close()
 
 
-def build_cps(config: Config, state_dir: Path, redis: str | None = None) -> CpsParts:
+def build_cps(
+    config: Config, state_dir: Path, redis: str | None = None, shared: CpsFiles | None = None
+) -> CpsParts:
     """CPS service, key directory and aiohttp app for ``config`` (raises ConfigError,
-    KeyFileError)."""
+    KeyFileError): storage in Redis (``redis`` or ``[store] redis``), else in the workers'
+    ``shared`` files, else in memory."""
     url = redis or config.store.redis
     store: CpsStore
     keys: KeyValueStore
@@ -88,6 +104,8 @@ def build_cps(config: Config, state_dir: Path, redis: str | None = None) -> CpsP
     if url:
         store, keys = RedisCpsStore(url), RedisStore(url, prefix="stird:keys:")
         ping = store.ping
+    elif shared is not None:
+        store, keys = SqliteCpsStore(shared.entries), SqliteStore(shared.keys)
     else:
         store, keys = MemoryCpsStore(), MemoryStore()
     if config.source is None:

@@ -4,7 +4,9 @@
 :class:`DialogPolicy` whose timer task checks the windows, and ends dialogs through the
 PBX links that exist: Kamailio's jsonrpcs when ``[kamailio]`` names one, the Asterisk
 manager when ``[asterisk] ami_enabled``. Outcomes are counted in
-``stird_msec_dialogs_total{outcome,policy}``.
+``stird_msec_dialogs_total{outcome,policy}``. With several workers the dialogs live in
+a SQLite file they share (stird.adapters.dialogs_sqlite), so a dialog signed through one
+worker is confirmed, answered or ended through any, and one worker's timer ends it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stird.adapters.ami import AmiClient
 from stird.adapters.dialog_api import DialogApi
 from stird.adapters.dialog_enders import AsteriskEnder, DeferredEnder, KamailioEnder, RoutingEnder
+from stird.adapters.dialogs_sqlite import SqliteDialogStore
 from stird.adapters.kamailio_rpc import KamailioRpc
 from stird.adapters.metrics import Metrics
 from stird.adapters.supervisor import Supervisor
@@ -36,6 +40,7 @@ class DialogParts:
     ender: RoutingEnder = field(default_factory=RoutingEnder)
     deferred: DeferredEnder | None = None
     supervisor: Supervisor | None = None
+    store: SqliteDialogStore | None = None
 
     def start(
         self, kamailio: KamailioRpc | None, ami: AmiClient | None, supervisor: Supervisor
@@ -72,9 +77,15 @@ class DialogParts:
             self.supervisor = None
         if self.deferred is not None:
             await self.deferred.close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
-def build_dialogs(dialog: DialogConfig, metrics: Metrics) -> DialogParts:
+def build_dialogs(
+    dialog: DialogConfig, metrics: Metrics, shared: Path | None = None
+) -> DialogParts:
+    """The policy of ``[dialog]``; ``shared``: the workers' dialog file (else in memory)."""
     if dialog.policy == "off":
         return DialogParts(DialogApi(None))
     routing = RoutingEnder()
@@ -83,14 +94,16 @@ def build_dialogs(dialog: DialogConfig, metrics: Metrics) -> DialogParts:
     def count(call_id: str, outcome: Outcome, policy: MsecPolicy) -> None:
         metrics.dialogs.labels(outcome.value, policy.value).inc()
 
+    store = SqliteDialogStore(shared) if shared is not None else None
     policy = DialogPolicy(
         deferred,
         policy=MsecPolicy(dialog.policy),
         window=float(dialog.window),
         clock=time.monotonic,  # windows are durations: immune to wall-clock steps
         on_outcome=count,
+        store=store,
     )
-    return DialogParts(DialogApi(policy), routing, deferred)
+    return DialogParts(DialogApi(policy), routing, deferred, store=store)
 
 
 __all__ = ["DialogParts", "build_dialogs"]

@@ -35,7 +35,7 @@ from stird.services.authentication import SigningCredential
 from stird.services.oob import CpsProfile, OobPolicy, OobPublisher, OobRetriever, RetrievePolicy
 from stird.services.oobverify import OobVerification
 from stird.wiring.config import Config, ConfigError
-from stird.wiring.cps_app import CpsParts, build_cps, ensure_dev_enc_key
+from stird.wiring.cps_app import CpsFiles, CpsParts, build_cps, ensure_dev_enc_key
 
 log = logging.getLogger("stird.oob")
 _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - mapped away, not bound
@@ -127,15 +127,20 @@ def build_oob(
 
 
 def mount_cps(
-    app: web.Application, config: Config, state_dir: Path, shedder: LoadShedder | None = None
+    app: web.Application,
+    config: Config,
+    state_dir: Path,
+    shedder: LoadShedder | None = None,
+    shared: CpsFiles | None = None,
 ) -> CpsParts | None:
-    """On the embedded default, the CPS routes on ``app`` (memory store, or Redis with
-    ``[store] redis``); the development key is published for every number. With
+    """On the embedded default, the CPS routes on ``app`` (memory store, Redis with
+    ``[store] redis``, or the workers' ``shared`` SQLite files); the development key is
+    published for every number. With
     ``shedder``, CPS requests are refused (503) from half its lag threshold, so a CPS
     flood is turned away before sign/verify would be shed."""
     if not embedded_cps(config):
         return None
-    parts = build_cps(config, state_dir)
+    parts = build_cps(config, state_dir, shared=shared)
     lagging = None if shedder is None else shedder.behind
     add_cps_routes(app, parts.service, parts.directory, lagging=lagging)
     log.warning(

@@ -5,7 +5,8 @@ The supervisor is what systemd sees (``Type=notify``, the main PID). It reserves
 HTTP, JSON-RPC (netstring) and FastAGI addresses once — a socket bound with
 ``SO_REUSEPORT`` that never listens, so port 0 works and the port stays stird's while
 workers come and go — and creates the state the workers share on this host
-(stird.adapters.store_shm: the replay cache and the TOFU pins; the multiprocess metrics
+(stird.adapters.store_shm: the replay cache and the TOFU pins; SQLite files for the
+embedded CPS without Redis and for msec dialog tracking; the multiprocess metrics
 directory) in a private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
 exit. Then it forks the workers; each binds its own ``SO_REUSEPORT`` socket on each of
 those addresses and runs the ordinary daemon (stird.wiring.app.serve) on them, which
@@ -44,14 +45,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from stird.adapters.cps_sqlite import SqliteCpsStore
+from stird.adapters.dialogs_sqlite import SqliteDialogStore
 from stird.adapters.metrics import forget_process
 from stird.adapters.sdnotify import SystemdNotifier
 from stird.adapters.sockets import reuseport, reuseport_twin
 from stird.adapters.store_shm import ShmStore
+from stird.adapters.store_sqlite import SqliteStore
 from stird.wiring import eventloop
 from stird.wiring.app import WorkerShare, ensure_dev_credential, replay_capacity, serve
 from stird.wiring.config import Config, HostPort
-from stird.wiring.oob_app import embedded_cps
 
 log = logging.getLogger("stird.workers")
 
@@ -68,21 +71,18 @@ _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
 def _single_process_reasons(config: Config) -> list[str]:
-    """State that lives in one process's memory and is not shared among workers yet."""
+    """State that lives in one process's memory and is not shared among workers yet (the
+    embedded CPS and msec dialogs are: SQLite files, see :meth:`WorkerSupervisor._prepare`)."""
     reasons = []
-    if embedded_cps(config) and not config.store.redis:
-        reasons.append("the embedded development CPS keeps its entries in memory")
     if config.asterisk.hep is not None:
         reasons.append("the HEP collector's SDP store is per process ([asterisk] hep)")
-    if config.dialog.policy != "off":
-        reasons.append("msec dialog tracking is per process ([dialog] policy)")
     return reasons
 
 
 def worker_count(config: Config) -> int:
     """``[server] workers``, 0 meaning one per core this process may run on. State that is
-    not shared among processes (the embedded CPS without Redis, the HEP SDP store, msec
-    dialog tracking) keeps stird to one process, said in the log."""
+    not shared among processes (the HEP SDP store) keeps stird to one process, said in the
+    log."""
     count = config.server.workers or len(os.sched_getaffinity(0))
     reasons = _single_process_reasons(config) if count > 1 else []
     if reasons:
@@ -208,6 +208,8 @@ class WorkerSupervisor:
         if not self.config.credentials:  # made once, not raced by the workers
             ensure_dev_credential(server.state_dir, int(time.time()))
         http = reuseport(server.http.host, server.http.port)
+        cps, cps_keys, dialogs = (self._dir / f"{name}.sqlite"
+                                  for name in ("cps", "cps-keys", "dialogs"))  # fmt: skip
         share = WorkerShare(
             http=http,
             jsonrpc=_reserve(server.jsonrpc),
@@ -216,6 +218,9 @@ class WorkerSupervisor:
             pins=self._dir / "pins",
             metrics_dir=self._dir / "metrics",
             certs=None if self.config.store.redis else self._dir / "certs",
+            cps=cps,
+            cps_keys=cps_keys,
+            dialogs=dialogs,
         )
         share.metrics_dir.mkdir()
         capacity = replay_capacity(self.config)
@@ -225,6 +230,11 @@ class WorkerSupervisor:
             ShmStore.create(
                 share.certs, CERT_ENTRIES, value_size=CERT_VALUE_SIZE, evict=True
             ).close()
+        # always made (a few kB), so a reload that turns them on finds them: the embedded
+        # CPS without Redis (entries, key directory) and msec dialog tracking
+        SqliteCpsStore.create(cps)
+        SqliteStore.create(cps_keys)
+        SqliteDialogStore.create(dialogs)
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind(str(self._dir / "notify"))
         self._notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
