@@ -26,6 +26,7 @@ from stird.adapters.cps_server import CpsLimits, add_cps_routes
 from stird.adapters.cps_sqlite import SqliteCpsStore
 from stird.adapters.overload import LoadShedder, Overloaded
 from stird.adapters.store_memory import MemoryStore
+from stird.adapters.store_shm import ShmStore
 from stird.core import certs, cps, oob
 from stird.core.errors import StirError
 from stird.core.oob import DecryptionKey, OobSuite, SealedEntry
@@ -33,6 +34,7 @@ from stird.core.oobkeys import PublicationPolicy
 from stird.services.cps import CpsBusy, CpsPolicy, CpsService
 from stird.services.keydir import KeyDirectory
 from stird.services.ports import CpsAdmission, CpsCaps, CpsStore
+from stird.services.stores import StoreUnavailable
 from tests.adapters.test_cps_server import TIMEOUT, Pki, serving, session, store
 from tests.core.vectors import RFC8225_TOKEN
 
@@ -61,7 +63,8 @@ def signer(pki: Pki) -> StoreIdentity:
 def service_for(pki: Pki, store: CpsStore, policy: CpsPolicy | None = None) -> CpsService:
     directory = KeyDirectory(MemoryStore(), PublicationPolicy(anchors=(pki.root,)))
     return CpsService(store, policy, suites=directory.suites,
-                      signers=PublicationPolicy(anchors=(pki.root,)))  # fmt: skip
+                      signers=PublicationPolicy(anchors=(pki.root,)),
+                      replays=MemoryStore(evict=False))  # fmt: skip
 
 
 def app_for(service: CpsService, **kw: object) -> web.Application:
@@ -135,17 +138,64 @@ async def test_signed_store_tokens_bind_number_body_and_are_single_use(
     _, body = cps.store_body(entries)
     now = int(time.time())
     token = cps.store_token(TN, body, key=identity.key, chain=identity.chain, now=now, jti="a")
-    assert service.authenticate(token, TN, body)
+    assert await service.authenticate(token, TN, body)
     for tn, data in ((TN, body), ("12025550199", body), (TN, body + b"A")):
         with pytest.raises(StirError) as info:  # replayed, other number, other body
-            service.authenticate(token, tn, data)
+            await service.authenticate(token, tn, data)
         assert info.value.status.code == 403
     stale = cps.store_token(TN, body, key=identity.key, chain=identity.chain, now=now - 300,
                             jti="b")  # fmt: skip
     with pytest.raises(StirError):
-        service.authenticate(stale, TN, body)
+        await service.authenticate(stale, TN, body)
     with pytest.raises(StirError):
-        service.authenticate("a.b.c", TN, body)
+        await service.authenticate("a.b.c", TN, body)
+
+
+async def test_a_store_token_is_single_use_across_workers_sharing_the_replay_table(
+    pki: Pki, enc: DecryptionKey, tmp_path: Path
+) -> None:
+    """Two workers (two CpsServices, as two processes map one shared-memory replay table):
+    a signed store token accepted by one is a replay on the other."""
+    table = tmp_path / "replay"
+    ShmStore.create(table, 1000).close()
+    one, two = (ShmStore.attach(table), ShmStore.attach(table))
+    signers = PublicationPolicy(anchors=(pki.root,))
+    first = CpsService(MemoryCpsStore(), signers=signers, replays=one)
+    second = CpsService(MemoryCpsStore(), signers=signers, replays=two)
+    identity = signer(pki)
+    _, body = cps.store_body(oob.seal(RFC8225_TOKEN, [enc.public_key()], TN))
+    token = cps.store_token(TN, body, key=identity.key, chain=identity.chain,
+                            now=int(time.time()), jti="once")  # fmt: skip
+    assert await first.authenticate(token, TN, body)
+    with pytest.raises(StirError) as info:
+        await second.authenticate(token, TN, body)
+    assert (info.value.status.code, info.value.detail) == (403, "store token replayed")
+    one.close()
+    two.close()
+
+
+class _DownStore(MemoryStore):
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        raise StoreUnavailable("replay store down")
+
+
+async def test_a_store_token_is_refused_while_its_replay_check_cannot_be_made(
+    pki: Pki, enc: DecryptionKey
+) -> None:
+    service = CpsService(MemoryCpsStore(), signers=PublicationPolicy(anchors=(pki.root,)),
+                         replays=_DownStore())  # fmt: skip
+    identity = signer(pki)
+    _, body = cps.store_body(oob.seal(RFC8225_TOKEN, [enc.public_key()], TN))
+    token = cps.store_token(TN, body, key=identity.key, chain=identity.chain,
+                            now=int(time.time()), jti="x")  # fmt: skip
+    with pytest.raises(StirError) as info:
+        await service.authenticate(token, TN, body)
+    assert info.value.status.code == 503
+
+
+def test_signed_stores_need_a_replay_store(pki: Pki) -> None:
+    with pytest.raises(ValueError, match="replay store"):
+        CpsService(MemoryCpsStore(), signers=PublicationPolicy(anchors=(pki.root,)))
 
 
 async def test_hundred_addresses_cannot_push_the_store_past_its_byte_bound(
@@ -381,8 +431,8 @@ async def test_hostile_store_tokens_are_refused_with_a_stir_error(pki: Pki) -> N
     }
     for name, token in hostile.items():
         with pytest.raises(StirError) as info:
-            service.authenticate(token, TN, body)
+            await service.authenticate(token, TN, body)
         assert info.value.code in (400, 403, 437, 438), (name, info.value)
-    assert service.authenticate(
+    assert await service.authenticate(
         cps.store_token(TN, body, key=good.key, chain=good.chain, now=now, jti="ok"), TN, body
     )

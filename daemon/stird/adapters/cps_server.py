@@ -210,17 +210,17 @@ class _Routes:
             entries = cps.parse_store_body(
                 request.content_type, body, self.service.policy.max_batch
             )
-            signer = None if token is None else self._signer(token, tn, body, request)
+            signer = None if token is None else await self._signer(token, tn, body, request)
             ids = await self.service.store(tn, entries, client, signer)
         locations = [cps.entry_path(tn, i) for i in ids]
         doc = {"ids": list(ids), "locations": locations, "ttl": self.service.policy.ttl}
         return web.json_response(doc, status=201, headers={"Location": locations[0]})
 
-    def _signer(self, token: str, tn: str, body: bytes, request: web.Request) -> str | None:
+    async def _signer(self, token: str, tn: str, body: bytes, request: web.Request) -> str | None:
         """The verified signer; a token that does not verify (another CPS's credential,
         stale, replayed...) makes an anonymous store, charged to the anonymous rate."""
         try:
-            return self.service.authenticate(token, tn, body)
+            return await self.service.authenticate(token, tn, body)
         except StirError as exc:
             log.debug("store token not accepted (%s): storing anonymously", exc.detail)
         self.admission.admit("store", request)

@@ -18,10 +18,10 @@ served with fewer decoys.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +29,14 @@ from stird.core import cps, oob
 from stird.core.errors import Check, SipStatus, StirError, bad_request
 from stird.core.oob import OobSuite, SealedEntry
 from stird.core.oobkeys import PublicationPolicy
-from stird.services.ports import Clock, CpsAdmission, CpsCaps, CpsStore, system_clock
+from stird.services.ports import (
+    Clock,
+    CpsAdmission,
+    CpsCaps,
+    CpsStore,
+    KeyValueStore,
+    system_clock,
+)
 from stird.services.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -60,7 +67,6 @@ class CpsPolicy:
     max_dummies: int = 3
     seals_per_second: float = 1000.0  # decoy HPKE seals (~0.13 ms each with X25519)
     seal_burst: float = 200.0
-    max_replay_ids: int = 100_000  # signed-store jtis remembered (bounded)
 
 
 class CpsRefused(Exception):
@@ -95,6 +101,7 @@ class CpsService:
         *,
         suites: SuiteLookup | None = None,
         signers: PublicationPolicy | None = None,
+        replays: KeyValueStore | None = None,
         clock: Clock = system_clock,
         rng: random.Random | None = None,
     ) -> None:
@@ -104,32 +111,40 @@ class CpsService:
         self._suites, self._signers, self._clock = suites, signers, clock
         self._rng = rng or random.SystemRandom()
         self._seals = cps.RateTable(self.policy.seals_per_second, self.policy.seal_burst, 1)
-        self._replays: OrderedDict[tuple[str, str], float] = OrderedDict()
+        if signers is not None and replays is None:
+            raise ValueError("signed stores need a replay store for their jtis")
+        self._replays = replays
         self.stored = 0
         self.refused = 0
         self.busy = 0  # retrievals refused for want of seal budget
         self.seals = 0  # decoy seals made
 
-    def authenticate(self, token: str, tn: str, body: bytes) -> str:
+    async def authenticate(self, token: str, tn: str, body: bytes) -> str:
         """The signer of a signed store (its credential's key hash); raises StirError (400
-        malformed, 403 untrusted, stale, replayed or not for this number and body)."""
-        if self._signers is None:
+        malformed, 403 untrusted, stale, replayed or not for this number and body; 503
+        when the replay store cannot say whether the token was seen)."""
+        if self._signers is None or self._replays is None:
             raise StirError(SipStatus.FORBIDDEN, "this CPS accepts no signed stores",
                             check=Check.TRUST)  # fmt: skip
         now = self._clock()
         signed = cps.check_store_token(token, cps.parse_tn(tn), body, self._signers, int(now))
-        self._remember_jti(signed, now)
+        await self._remember_jti(self._replays, signed, now)
         return signed.signer
 
-    def _remember_jti(self, signed: cps.StoreSigner, now: float) -> None:
-        while self._replays and next(iter(self._replays.values())) <= now:
-            self._replays.popitem(last=False)
-        key = (signed.signer, signed.jti)
-        if key in self._replays:
+    @staticmethod
+    async def _remember_jti(replays: KeyValueStore, signed: cps.StoreSigner, now: float) -> None:
+        """Each (signer, jti) once while its token is fresh, in the store every CPS worker
+        and instance shares (the daemon's replay cache): a token replayed on another worker
+        or another host is refused like one replayed here. Fails closed (503)."""
+        digest = hashlib.sha256(f"{signed.signer}\0{signed.jti}".encode()).hexdigest()
+        ttl = signed.iat + 2 * cps.STORE_TOKEN_SKEW + 1 - now
+        try:
+            fresh = await replays.add(f"cps-jti:{digest}", b"1", max(ttl, 1.0))
+        except StoreUnavailable as exc:
+            raise StirError(SipStatus.SERVICE_UNAVAILABLE, "store token replay check unavailable",
+                            check=Check.FRESHNESS) from exc  # fmt: skip
+        if not fresh:
             raise StirError(SipStatus.FORBIDDEN, "store token replayed", check=Check.FRESHNESS)
-        self._replays[key] = signed.iat + 2 * cps.STORE_TOKEN_SKEW + 1
-        while len(self._replays) > self.policy.max_replay_ids:
-            self._replays.popitem(last=False)
 
     def _bytes(self, n: int) -> bytes:
         return self._rng.randbytes(n)

@@ -307,7 +307,12 @@ class Daemon:
         if share is not None:
             app.on_response_prepare.append(_worker_header(share))
         self.cps: CpsParts | None = mount_cps(
-            app, self.config, server.state_dir, self.shedder, shared=_cps_files(share)
+            app,
+            self.config,
+            server.state_dir,
+            self.shedder,
+            shared=_cps_files(share),
+            replays=self.replay_store,
         )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

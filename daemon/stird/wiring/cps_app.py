@@ -46,6 +46,7 @@ from stird.wiring.config import Config, ConfigError, ServerConfig, load_config, 
 
 log = logging.getLogger("stird.cps")
 DEV_NAME = "dev"  # the folder stird serve keeps its development credential in
+MAX_STORE_JTIS = 100_000  # signed-store jtis a standalone CPS remembers (never evicted)
 
 
 def ensure_dev_enc_key(state_dir: Path) -> tuple[Path, Path]:
@@ -92,22 +93,33 @@ class CpsParts:
 
 
 def build_cps(
-    config: Config, state_dir: Path, redis: str | None = None, shared: CpsFiles | None = None
+    config: Config,
+    state_dir: Path,
+    redis: str | None = None,
+    shared: CpsFiles | None = None,
+    replays: KeyValueStore | None = None,
 ) -> CpsParts:
     """CPS service, key directory and aiohttp app for ``config`` (raises ConfigError,
     KeyFileError): storage in Redis (``redis`` or ``[store] redis``), else in the workers'
-    ``shared`` files, else in memory."""
+    ``shared`` files, else in memory. Signed stores' jtis go to ``replays`` (the daemon's
+    replay cache, shared like it) or, without it, to Redis or a local non-evicting table."""
     url = redis or config.store.redis
     store: CpsStore
     keys: KeyValueStore
     ping = None
+    owned: list[object] = []  # the jti store, when this CPS made it
     if url:
         store, keys = RedisCpsStore(url), RedisStore(url, prefix="stird:keys:")
+        if replays is None:
+            replays = RedisStore(url, prefix="stird:cps:")
+            owned.append(replays)
         ping = store.ping
     elif shared is not None:
         store, keys = SqliteCpsStore(shared.entries), SqliteStore(shared.keys)
     else:
         store, keys = MemoryCpsStore(), MemoryStore()
+    if replays is None:
+        replays = MemoryStore(MAX_STORE_JTIS, evict=False)
     if config.source is None:
         policy, wildcard = _dev_trust(config, state_dir)
     else:
@@ -117,10 +129,12 @@ def build_cps(
     fetcher = fetcher_for(config)
     cache = CertificateCache(fetcher)
     directory = KeyDirectory(keys, policy, credentials=cache, dev_wildcard=wildcard)
-    service = CpsService(store, CpsPolicy(), suites=directory.suites, signers=policy)
+    service = CpsService(
+        store, CpsPolicy(), suites=directory.suites, signers=policy, replays=replays
+    )
     parts = CpsParts(service, directory, build_cps_app(service, directory, ping=ping))
     parts.closers += [fetcher.close, cache.close]
-    for closable in (store, keys):
+    for closable in (store, keys, *owned):
         closer = getattr(closable, "close", None)
         if closer is not None:
             parts.closers.append(closer)

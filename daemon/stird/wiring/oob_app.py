@@ -34,6 +34,7 @@ from stird.core.oob import DecryptionKey
 from stird.services.authentication import SigningCredential
 from stird.services.oob import CpsProfile, OobPolicy, OobPublisher, OobRetriever, RetrievePolicy
 from stird.services.oobverify import OobVerification
+from stird.services.ports import KeyValueStore
 from stird.wiring.config import Config, ConfigError
 from stird.wiring.cps_app import CpsFiles, CpsParts, build_cps, ensure_dev_enc_key
 
@@ -131,16 +132,19 @@ def mount_cps(
     config: Config,
     state_dir: Path,
     shedder: LoadShedder | None = None,
+    *,
     shared: CpsFiles | None = None,
+    replays: KeyValueStore | None = None,
 ) -> CpsParts | None:
     """On the embedded default, the CPS routes on ``app`` (memory store, Redis with
     ``[store] redis``, or the workers' ``shared`` SQLite files); the development key is
     published for every number. With
     ``shedder``, CPS requests are refused (503) from half its lag threshold, so a CPS
-    flood is turned away before sign/verify would be shed."""
+    flood is turned away before sign/verify would be shed. Signed stores' jtis go to
+    ``replays``, the daemon's replay cache (shared by the workers and, with Redis, hosts)."""
     if not embedded_cps(config):
         return None
-    parts = build_cps(config, state_dir, shared=shared)
+    parts = build_cps(config, state_dir, shared=shared, replays=replays)
     lagging = None if shedder is None else shedder.behind
     add_cps_routes(app, parts.service, parts.directory, lagging=lagging)
     log.warning(
