@@ -265,9 +265,9 @@ def test_worker_count() -> None:
 
 
 def test_per_process_state_keeps_one_worker() -> None:
-    """HEP's SDP store and msec dialog tracking live in one process: a HEP copy taken by
-    one worker must be there for the AGI session another worker serves."""
+    """msec dialog tracking lives in one process; HEP's SDP offers are shared by the
+    workers (stird.adapters.hep_shared), so HEP alone keeps them all."""
     hep = {"server": {"workers": 4}, "asterisk": {"hep": "127.0.0.1:9060"}}
-    assert worker_count(parse_config(hep, Path("x"))) == 1
+    assert worker_count(parse_config(hep, Path("x"))) == 4
     dialog = {"server": {"workers": 4}, "dialog": {"policy": "mandatory"}}
     assert worker_count(parse_config(dialog, Path("x"))) == 1

@@ -122,15 +122,7 @@ class ShmStore:
     # --------------------------------------------------------- KeyValueStore ----
 
     async def get(self, key: str) -> bytes | None:
-        digest = self._digest(key)
-        with _Locked(self._fd):
-            index, found = self._find(digest)
-            if not found:
-                return None
-            if self._expiry(index) <= self._clock():
-                self._remove(index)
-                return None
-            return self._value(index)
+        return self.get_now(key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._put(key, value, ttl, only_new=False)
@@ -144,6 +136,23 @@ class ShmStore:
             index, found = self._find(digest)
             if found:
                 self._remove(index)
+
+    # the same without a coroutine, for callers that cannot await (a datagram callback)
+
+    def get_now(self, key: str) -> bytes | None:
+        digest = self._digest(key)
+        with _Locked(self._fd):
+            index, found = self._find(digest)
+            if not found:
+                return None
+            if self._expiry(index) <= self._clock():
+                self._remove(index)
+                return None
+            return self._value(index)
+
+    def add_now(self, key: str, value: bytes, ttl: float) -> bool:
+        """:meth:`add` without a coroutine."""
+        return self._put(key, value, ttl, only_new=True)
 
     # ------------------------------------------------------------ the table ----
 

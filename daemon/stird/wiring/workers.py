@@ -4,9 +4,11 @@ host's stird uses all its cores.
 The supervisor is what systemd sees (``Type=notify``, the main PID). It reserves the
 HTTP, JSON-RPC (netstring) and FastAGI addresses once — a socket bound with
 ``SO_REUSEPORT`` that never listens, so port 0 works and the port stays stird's while
-workers come and go — and creates the state the workers share on this host
-(stird.adapters.store_shm: the replay cache and the TOFU pins; the multiprocess metrics
-directory) in a private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
+workers come and go; for the HEP collector's UDP port, one connected elsewhere so that it
+receives nothing (stird.adapters.sockets.udp_reserved) — and creates the state the
+workers share on this host (stird.adapters.store_shm: the replay cache and the TOFU pins;
+stird.adapters.hep_shared: HEP's SDP offers; the multiprocess metrics directory) in a
+private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
 exit. Then it forks the workers; each binds its own ``SO_REUSEPORT`` socket on each of
 those addresses and runs the ordinary daemon (stird.wiring.app.serve) on them, which
 listens once it serves. The kernel hashes each new connection over the listening sockets
@@ -44,9 +46,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from stird.adapters.hep_shared import create_shared
 from stird.adapters.metrics import forget_process
 from stird.adapters.sdnotify import SystemdNotifier
-from stird.adapters.sockets import reuseport, reuseport_twin
+from stird.adapters.sockets import reuseport, reuseport_twin, udp_reserved, udp_twin
 from stird.adapters.store_shm import ShmStore
 from stird.wiring import eventloop
 from stird.wiring.app import WorkerShare, ensure_dev_credential, replay_capacity, serve
@@ -72,8 +75,6 @@ def _single_process_reasons(config: Config) -> list[str]:
     reasons = []
     if embedded_cps(config) and not config.store.redis:
         reasons.append("the embedded development CPS keeps its entries in memory")
-    if config.asterisk.hep is not None:
-        reasons.append("the HEP collector's SDP store is per process ([asterisk] hep)")
     if config.dialog.policy != "off":
         reasons.append("msec dialog tracking is per process ([dialog] policy)")
     return reasons
@@ -81,8 +82,8 @@ def _single_process_reasons(config: Config) -> list[str]:
 
 def worker_count(config: Config) -> int:
     """``[server] workers``, 0 meaning one per core this process may run on. State that is
-    not shared among processes (the embedded CPS without Redis, the HEP SDP store, msec
-    dialog tracking) keeps stird to one process, said in the log."""
+    not shared among processes (the embedded CPS without Redis, msec dialog tracking)
+    keeps stird to one process, said in the log."""
     count = config.server.workers or len(os.sched_getaffinity(0))
     reasons = _single_process_reasons(config) if count > 1 else []
     if reasons:
@@ -128,14 +129,22 @@ def _own(reserved: socket.socket) -> socket.socket:
         reserved.close()
 
 
+def _own_udp(reserved: socket.socket) -> socket.socket:
+    try:
+        return udp_twin(reserved)
+    finally:
+        reserved.close()
+
+
 def own_sockets(share: WorkerShare) -> WorkerShare:
     """``share`` with this worker's own sockets instead of the supervisor's."""
-    jsonrpc, agi = share.jsonrpc, share.agi
+    jsonrpc, agi, hep = share.jsonrpc, share.agi, share.hep
     return replace(
         share,
         http=_own(share.http),
         jsonrpc=None if jsonrpc is None else _own(jsonrpc),
         agi=None if agi is None else _own(agi),
+        hep=None if hep is None else _own_udp(hep),
     )
 
 
@@ -217,6 +226,12 @@ class WorkerSupervisor:
             metrics_dir=self._dir / "metrics",
             certs=None if self.config.store.redis else self._dir / "certs",
         )
+        hep = self.config.asterisk.hep
+        if hep is not None:  # a UDP port every worker's collector binds (sockets.udp_twin)
+            share = replace(
+                share, hep=udp_reserved(hep.host, hep.port), hep_state=self._dir / "hep"
+            )
+            create_shared(self._dir / "hep")
         share.metrics_dir.mkdir()
         capacity = replay_capacity(self.config)
         ShmStore.create(share.replay, capacity, value_size=REPLAY_VALUE_SIZE).close()
