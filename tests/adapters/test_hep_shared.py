@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from stird.adapters import hep_shared
-from stird.adapters.hep import MAX_SDP
+from stird.adapters.hep import MAX_SDP, HepCollector
 from stird.adapters.hep_shared import (
     OfferLog,
     SharedDigests,
@@ -24,6 +24,7 @@ from stird.adapters.hep_shared import (
     create_shared,
 )
 from stird.adapters.sockets import udp_reserved, udp_twin
+from tests.adapters.test_agi import make_api
 
 SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
 
@@ -197,3 +198,11 @@ def test_the_udp_reservation_receives_nothing() -> None:
     finally:
         for sock in [reserved, *mine, *senders]:
             sock.close()
+
+
+def test_the_collector_keeps_an_empty_shared_store(workers: Pair, tmp_path: Path) -> None:
+    """An empty store has len() 0: the collector must not take it for "no store" (it did,
+    and each worker kept its copies to itself)."""
+    (store, digests), _ = workers
+    collector = HepCollector(make_api(tmp_path), store=store, digests=digests)
+    assert collector.store is store and collector.digests is digests

@@ -237,9 +237,9 @@ class HepCollector(asyncio.DatagramProtocol):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api, self._password = api, password.encode() if password else None
-        self.store = store or SdpStore(clock=clock)
+        self.store = store if store is not None else SdpStore(clock=clock)
         self.metrics = api.metrics  # stird_hep_* (stird.adapters.metrics)
-        self.digests: SeenDigests = digests or Digests()
+        self.digests: SeenDigests = digests if digests is not None else Digests()
         self._max_tasks = max_tasks
         self._expected: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._max_expected, self._expect_ttl, self._clock = max_expected, expect_ttl, clock

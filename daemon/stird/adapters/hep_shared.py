@@ -15,7 +15,9 @@ worker:
   An ``fcntl`` lock on the file guards each append and read.
 * the **index**: a :class:`~stird.adapters.store_shm.ShmStore` (``max_calls`` live
   entries, evicting, ``ttl`` seconds each) from the Call-ID to the record's position.
-  The first offer of a Call-ID wins (``add``), as in one process.
+  The first offer of a Call-ID wins (``add``), as in one process. When it is full, the
+  entry that expires soonest among a sample of 16 makes room (one process drops exactly
+  the oldest).
 
 An offer is written to the log, then added to the index, then published (``head``
 advanced), all under the log's lock: a record another process sees in the log is in the
