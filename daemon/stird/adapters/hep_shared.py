@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 POLL = 0.002  # s between two looks at the log while sessions wait
 MAX_CALL_ID = 1024  # bytes of a Call-ID kept (a longer one: the offer is not stored)
 MAX_TAG = 256  # bytes of a From tag kept (a longer one is not kept)
-DIGEST_TTL = 64.0  # s a digest is remembered: SIP's Timer B/F (32 s) twice
+DIGEST_TTL = 32.0  # s a digest is remembered: SIP's Timer B/F, when retransmissions stop
 INDEX_VALUE = struct.Struct("<Q")  # the record's position in the log
 _MAGIC = b"STIRHEP1"
 _HEADER = struct.Struct("<8sQQ")  # magic, size, head
@@ -289,7 +289,7 @@ class SharedDigests:
         self.table = ShmStore.attach(path)
 
     @staticmethod
-    def create(path: Path, limit: int = 8192) -> None:
+    def create(path: Path, limit: int = 16384) -> None:
         ShmStore.create(path, limit, value_size=1, evict=True).close()
 
     def first(self, digest: bytes) -> bool:
@@ -300,7 +300,7 @@ class SharedDigests:
 
 
 def create_shared(
-    directory: Path, *, max_calls: int = 4096, max_bytes: int = 8 << 20, digests: int = 8192
+    directory: Path, *, max_calls: int = 4096, max_bytes: int = 8 << 20, digests: int = 16384
 ) -> None:
     """The shared files in ``directory`` (made here: the supervisor's private one)."""
     directory.mkdir(mode=0o700)
