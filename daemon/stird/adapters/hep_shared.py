@@ -36,6 +36,11 @@ only while sessions wait.
 
 Retransmissions are dropped across workers too (:class:`SharedDigests`, a ShmStore of
 the digests seen in the last ``DIGEST_TTL`` seconds, evicting the soonest-expiring).
+
+Still per worker: the collector's connected-identity bookkeeping (the Identity values the
+sign route expects to see leave, the caller's From tag of each tracked dialog), which only
+msec dialog tracking (``[dialog] policy``) uses; that keeps its own reason for one worker
+(stird.wiring.workers).
 """
 
 from __future__ import annotations
