@@ -19,6 +19,13 @@ Retransmissions (identical copies) are dropped by a bounded set of payload diges
 ``hep_password`` a datagram without the same ``capture_password`` (chunk 14, sent in
 clear by Asterisk: a shared token, compared in constant time) is dropped. Everything is
 bounded: calls, bytes, digests, pending waits and verification tasks.
+
+One process keeps its offers and digests in memory here (:class:`SdpStore`,
+:class:`Digests`: a waiter's future is woken by the store, no poll). With ``[server]
+workers``, each worker runs this collector on the same UDP port and
+stird.adapters.hep_shared keeps them in shared memory, with the same interface
+(:class:`OfferStore`, :class:`SeenDigests`) and the same bounds; its docstring says how
+a session waits there for a copy another worker took.
 """
 
 from __future__ import annotations
