@@ -267,7 +267,11 @@ def test_worker_count() -> None:
 
 
 def test_per_process_state_keeps_one_worker() -> None:
-    """HEP's SDP store lives in one process: a HEP copy taken by one worker must be there
-    for the AGI session another worker serves."""
+    """HEP's SDP offers, the embedded CPS and msec dialogs are shared by the workers; HEP's
+    msec dialog bookkeeping is not, so HEP with [dialog] policy keeps one worker."""
     hep = {"server": {"workers": 4}, "asterisk": {"hep": "127.0.0.1:9060"}}
-    assert worker_count(parse_config(hep, Path("x"))) == 1
+    assert worker_count(parse_config(hep, Path("x"))) == 4
+    dialog = {"server": {"workers": 4}, "dialog": {"policy": "mandatory"}}
+    assert worker_count(parse_config(dialog, Path("x"))) == 4
+    both = {**hep, "dialog": {"policy": "mandatory"}}
+    assert worker_count(parse_config(both, Path("x"))) == 1

@@ -19,6 +19,13 @@ Retransmissions (identical copies) are dropped by a bounded set of payload diges
 ``hep_password`` a datagram without the same ``capture_password`` (chunk 14, sent in
 clear by Asterisk: a shared token, compared in constant time) is dropped. Everything is
 bounded: calls, bytes, digests, pending waits and verification tasks.
+
+One process keeps its offers and digests in memory here (:class:`SdpStore`,
+:class:`Digests`: a waiter's future is woken by the store, no poll). With ``[server]
+workers``, each worker runs this collector on the same UDP port and
+stird.adapters.hep_shared keeps them in shared memory, with the same interface
+(:class:`OfferStore`, :class:`SeenDigests`) and the same bounds; its docstring says how
+a session waits there for a copy another worker took.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from stird.adapters.api import StirApi
 from stird.core.errors import StirError
@@ -55,7 +62,55 @@ class _Offer:
     expires: float
 
 
-class SdpStore:
+class OfferWaits:
+    """The waiters of :meth:`wait_offer`, futures by Call-ID (at most ``max_waiters``),
+    woken by :meth:`_wake`; a store says what :meth:`offer` finds."""
+
+    def __init__(self, max_waiters: int) -> None:
+        self.max_waiters = max_waiters
+        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
+        self._waiting = 0  # futures in _waiters, bounded by max_waiters
+
+    def offer(self, call_id: str) -> str | None:
+        raise NotImplementedError
+
+    def _watch(self, call_id: str) -> None:
+        """A waiter for ``call_id`` was added (the shared store starts its poll here)."""
+
+    def _wake(self, call_id: str, sdp: str) -> None:
+        for waiter in self._waiters.pop(call_id, []):
+            if not waiter.done():
+                waiter.set_result(sdp)
+
+    async def wait_offer(self, call_id: str, timeout: float) -> str | None:
+        """The offer for ``call_id``, waiting at most ``timeout`` seconds for its copy."""
+        found = self.offer(call_id)
+        if found is not None or timeout <= 0:
+            return found
+        if self._waiting >= self.max_waiters:
+            return None
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_id, []).append(waiter)
+        self._waiting += 1
+        try:
+            self._watch(call_id)
+            async with asyncio.timeout(timeout):  # not wait_for: no task per wait (3.11)
+                return await waiter
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting -= 1
+            waiters = self._waiters.get(call_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(call_id, None)
+
+    def close(self) -> None:
+        """Release what the store holds (nothing in memory)."""
+
+
+class SdpStore(OfferWaits):
     """SDP offers by Call-ID: at most ``max_calls`` entries and ``max_bytes`` of SDP, each
     kept ``ttl`` seconds; waiters are woken when their Call-ID's offer arrives."""
 
@@ -68,12 +123,11 @@ class SdpStore:
         max_waiters: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(max_waiters)
         self.ttl, self.max_calls, self.max_bytes = ttl, max_calls, max_bytes
-        self.max_waiters, self._clock = max_waiters, clock
+        self._clock = clock
         self._offers: OrderedDict[str, _Offer] = OrderedDict()
         self._bytes = 0
-        self._waiters: dict[str, list[asyncio.Future[str]]] = {}
-        self._waiting = 0  # futures in _waiters, bounded by max_waiters
 
     def __len__(self) -> int:
         return len(self._offers)
@@ -107,9 +161,7 @@ class SdpStore:
         self._offers[call_id] = _Offer(sdp, from_tag, now + self.ttl)
         self._bytes += len(sdp)
         self._expire(now)
-        for waiter in self._waiters.pop(call_id, []):
-            if not waiter.done():
-                waiter.set_result(sdp)
+        self._wake(call_id, sdp)
 
     def offer(self, call_id: str) -> str | None:
         found = self._offers.get(call_id)
@@ -121,28 +173,26 @@ class SdpStore:
         found = self._offers.get(call_id)
         return found.from_tag if found is not None else None
 
-    async def wait_offer(self, call_id: str, timeout: float) -> str | None:
-        """The offer for ``call_id``, waiting at most ``timeout`` seconds for its copy."""
-        found = self.offer(call_id)
-        if found is not None or timeout <= 0:
-            return found
-        if self._waiting >= self.max_waiters:
-            return None
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(call_id, []).append(waiter)
-        self._waiting += 1
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: no task per wait (3.11)
-                return await waiter
-        except TimeoutError:
-            return None
-        finally:
-            self._waiting -= 1
-            waiters = self._waiters.get(call_id, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(call_id, None)
+
+class Digests:
+    """The digests of the SIP messages seen lately, to drop retransmissions: the last
+    ``limit`` of them, in this process."""
+
+    def __init__(self, limit: int = 8192) -> None:
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._limit = limit
+
+    def first(self, digest: bytes) -> bool:
+        """Whether ``digest`` is new (it is remembered from now on)."""
+        if digest in self._seen:
+            return False
+        self._seen[digest] = None
+        while len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+        return True
+
+    def close(self) -> None:
+        """Nothing to release (the shared digests unmap their table)."""
 
 
 def _tokens(values: list[str]) -> list[str]:
@@ -160,6 +210,24 @@ def _has_msec(values: list[str]) -> bool:
     return False
 
 
+class OfferStore(Protocol):
+    """What the collector and the FastAGI route need of an SDP store: :class:`SdpStore`
+    (one process) or stird.adapters.hep_shared.SharedSdpStore (workers)."""
+
+    def put_offer(self, call_id: str, sdp: str, from_tag: str | None) -> None: ...
+    def offer(self, call_id: str) -> str | None: ...
+    def caller_tag(self, call_id: str) -> str | None: ...
+    async def wait_offer(self, call_id: str, timeout: float) -> str | None: ...
+    def close(self) -> None: ...
+
+
+class SeenDigests(Protocol):
+    """:class:`Digests`, or stird.adapters.hep_shared.SharedDigests (workers)."""
+
+    def first(self, digest: bytes) -> bool: ...
+    def close(self) -> None: ...
+
+
 class HepCollector(asyncio.DatagramProtocol):
     """The UDP endpoint: decode, authenticate, de-duplicate, then store or act."""
 
@@ -168,18 +236,18 @@ class HepCollector(asyncio.DatagramProtocol):
         api: StirApi,
         *,
         password: str | None = None,
-        store: SdpStore | None = None,
-        max_digests: int = 8192,
+        store: OfferStore | None = None,
+        digests: SeenDigests | None = None,
         max_tasks: int = 256,
         max_expected: int = 4096,
         expect_ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api, self._password = api, password.encode() if password else None
-        self.store = store or SdpStore(clock=clock)
+        self.store = store if store is not None else SdpStore(clock=clock)
         self.metrics = api.metrics  # stird_hep_* (stird.adapters.metrics)
-        self._digests: OrderedDict[bytes, None] = OrderedDict()
-        self._max_digests, self._max_tasks = max_digests, max_tasks
+        self.digests: SeenDigests = digests if digests is not None else Digests()
+        self._max_tasks = max_tasks
         self._expected: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._max_expected, self._expect_ttl, self._clock = max_expected, expect_ttl, clock
         self._tags: dict[str, str] = {}  # Call-ID -> the caller's From tag (tracked dialogs)
@@ -189,9 +257,18 @@ class HepCollector(asyncio.DatagramProtocol):
 
     # --- the socket ----------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 9060) -> tuple[str, int]:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 9060, *, sock: socket.socket | None = None
+    ) -> tuple[str, int]:
+        """Listen on ``host``:``port``, or on ``sock`` (a worker's ``SO_REUSEPORT`` socket,
+        stird.adapters.sockets.udp_twin)."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
+        if sock is not None:
+            transport, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(host, port)
+            )
         self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -208,6 +285,8 @@ class HepCollector(asyncio.DatagramProtocol):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.store.close()
+        self.digests.close()
 
     async def drain(self) -> None:
         """Let pending backwards verifications finish (tests)."""
@@ -243,11 +322,8 @@ class HepCollector(asyncio.DatagramProtocol):
             message = parse_sip(packet.payload)
         except HepError:
             return "decode-error"
-        if message.digest in self._digests:
+        if not self.digests.first(message.digest):
             return "duplicate"
-        self._digests[message.digest] = None
-        while len(self._digests) > self._max_digests:
-            self._digests.popitem(last=False)
         call_id = message.call_id or packet.correlation_id
         if call_id:
             self._handle(call_id, message)
@@ -368,4 +444,4 @@ class HepCollector(asyncio.DatagramProtocol):
             policy.answered(call_id)
 
 
-__all__ = ["HepCollector", "SdpStore"]
+__all__ = ["Digests", "HepCollector", "OfferStore", "OfferWaits", "SdpStore", "SeenDigests"]

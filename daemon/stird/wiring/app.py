@@ -257,6 +257,8 @@ class WorkerShare:
     cps: Path | None = None  # the embedded CPS's entries (stird.adapters.cps_sqlite)
     cps_keys: Path | None = None  # its key directory (stird.adapters.store_sqlite)
     dialogs: Path | None = None  # msec dialogs (stird.adapters.dialogs_sqlite)
+    hep: socket.socket | None = None  # [asterisk] hep's UDP socket
+    hep_state: Path | None = None  # HEP's SDP offers and digests (stird.adapters.hep_shared)
     slot: int = 0  # which worker: 0 counts what happens to all of them (reload failures)
 
     @property
@@ -353,8 +355,15 @@ class Daemon:
             self.jsonrpc_address = await self._netstring.start(
                 server.jsonrpc.host, server.jsonrpc.port, sock=share.jsonrpc if share else None
             )
-        self.asterisk = await start_asterisk(self.config, self.api, self.metrics, self.listeners,
-                                             agi_sock=share.agi if share else None)  # fmt: skip
+        self.asterisk = await start_asterisk(
+            self.config,
+            self.api,
+            self.metrics,
+            self.listeners,
+            agi_sock=share.agi if share else None,
+            hep_sock=share.hep if share else None,
+            hep_state=share.hep_state if share else None,
+        )
 
     def _supervise_background(self) -> None:
         self.supervisor.supervise("loop-lag", self.shedder.run)

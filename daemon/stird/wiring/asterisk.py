@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from stird.adapters import keyfiles
 from stird.adapters.agi import AgiServer
@@ -15,6 +16,7 @@ from stird.adapters.api import StirApi
 from stird.adapters.connpolicy import Listeners
 from stird.adapters.dtls import DtlsCertificates
 from stird.adapters.hep import HepCollector
+from stird.adapters.hep_shared import attach_shared
 from stird.adapters.metrics import Metrics
 from stird.wiring.config import AsteriskConfig, Config, ConfigError
 from stird.wiring.exposure import is_loopback
@@ -82,17 +84,26 @@ async def start_asterisk(
     api: StirApi,
     metrics: Metrics,
     listeners: Listeners | None = None,
+    *,
     agi_sock: socket.socket | None = None,
+    hep_sock: socket.socket | None = None,
+    hep_state: Path | None = None,
 ) -> AsteriskLink:
     """Start what the configuration asks for; their state goes into ``api.health``.
-    ``agi_sock``: the FastAGI listening socket, when a supervisor bound it."""
+    ``agi_sock``, ``hep_sock``: the FastAGI and HEP sockets, when a supervisor bound them;
+    ``hep_state``: the directory of the SDP offers and digests all workers share
+    (stird.adapters.hep_shared), in memory when None."""
     link = AsteriskLink()
     ast = config.asterisk
     settings = ami_settings(ast) if ast.ami_enabled else None  # ConfigError before listening
     check_hep(config)
     if ast.hep is not None:
-        link.hep = HepCollector(api, password=ast.hep_password)
-        link.hep_address = await link.hep.start(ast.hep.host, ast.hep.port)
+        if hep_state is not None:
+            store, digests = attach_shared(hep_state)
+            link.hep = HepCollector(api, password=ast.hep_password, store=store, digests=digests)
+        else:
+            link.hep = HepCollector(api, password=ast.hep_password)
+        link.hep_address = await link.hep.start(ast.hep.host, ast.hep.port, sock=hep_sock)
         api.health["hep"] = link.hep.health
         log.info("HEP collector on udp %s:%d", *link.hep_address)
     if config.server.agi is not None:

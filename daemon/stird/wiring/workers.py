@@ -4,10 +4,12 @@ host's stird uses all its cores.
 The supervisor is what systemd sees (``Type=notify``, the main PID). It reserves the
 HTTP, JSON-RPC (netstring) and FastAGI addresses once — a socket bound with
 ``SO_REUSEPORT`` that never listens, so port 0 works and the port stays stird's while
-workers come and go — and creates the state the workers share on this host
-(stird.adapters.store_shm: the replay cache and the TOFU pins; SQLite files for the
-embedded CPS without Redis and for msec dialog tracking; the multiprocess metrics
-directory) in a private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
+workers come and go; for the HEP collector's UDP port, one connected elsewhere so that it
+receives nothing (stird.adapters.sockets.udp_reserved) — and creates the state the
+workers share on this host (stird.adapters.store_shm: the replay cache and the TOFU pins;
+stird.adapters.hep_shared: HEP's SDP offers; SQLite files for the embedded CPS without
+Redis and for msec dialog tracking; the multiprocess metrics directory) in a
+private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
 exit. Then it forks the workers; each binds its own ``SO_REUSEPORT`` socket on each of
 those addresses and runs the ordinary daemon (stird.wiring.app.serve) on them, which
 listens once it serves. The kernel hashes each new connection over the listening sockets
@@ -47,9 +49,10 @@ from pathlib import Path
 
 from stird.adapters.cps_sqlite import SqliteCpsStore
 from stird.adapters.dialogs_sqlite import SqliteDialogStore
+from stird.adapters.hep_shared import create_shared
 from stird.adapters.metrics import forget_process
 from stird.adapters.sdnotify import SystemdNotifier
-from stird.adapters.sockets import reuseport, reuseport_twin
+from stird.adapters.sockets import reuseport, reuseport_twin, udp_reserved, udp_twin
 from stird.adapters.store_shm import ShmStore
 from stird.adapters.store_sqlite import SqliteStore
 from stird.wiring import eventloop
@@ -74,15 +77,18 @@ def _single_process_reasons(config: Config) -> list[str]:
     """State that lives in one process's memory and is not shared among workers yet (the
     embedded CPS and msec dialogs are: SQLite files, see :meth:`WorkerSupervisor._prepare`)."""
     reasons = []
-    if config.asterisk.hep is not None:
-        reasons.append("the HEP collector's SDP store is per process ([asterisk] hep)")
+    if config.asterisk.hep is not None and config.dialog.policy != "off":
+        reasons.append(
+            "HEP's msec dialog bookkeeping (the Identity values expected back, the callers' "
+            "From tags) is per process ([asterisk] hep with [dialog] policy)"
+        )
     return reasons
 
 
 def worker_count(config: Config) -> int:
     """``[server] workers``, 0 meaning one per core this process may run on. State that is
-    not shared among processes (the HEP SDP store) keeps stird to one process, said in the
-    log."""
+    not shared among processes (HEP's msec dialog bookkeeping, with [dialog] policy) keeps
+    stird to one process, said in the log."""
     count = config.server.workers or len(os.sched_getaffinity(0))
     reasons = _single_process_reasons(config) if count > 1 else []
     if reasons:
@@ -128,14 +134,22 @@ def _own(reserved: socket.socket) -> socket.socket:
         reserved.close()
 
 
+def _own_udp(reserved: socket.socket) -> socket.socket:
+    try:
+        return udp_twin(reserved)
+    finally:
+        reserved.close()
+
+
 def own_sockets(share: WorkerShare) -> WorkerShare:
     """``share`` with this worker's own sockets instead of the supervisor's."""
-    jsonrpc, agi = share.jsonrpc, share.agi
+    jsonrpc, agi, hep = share.jsonrpc, share.agi, share.hep
     return replace(
         share,
         http=_own(share.http),
         jsonrpc=None if jsonrpc is None else _own(jsonrpc),
         agi=None if agi is None else _own(agi),
+        hep=None if hep is None else _own_udp(hep),
     )
 
 
@@ -222,6 +236,12 @@ class WorkerSupervisor:
             cps_keys=cps_keys,
             dialogs=dialogs,
         )
+        hep = self.config.asterisk.hep
+        if hep is not None:  # a UDP port every worker's collector binds (sockets.udp_twin)
+            share = replace(
+                share, hep=udp_reserved(hep.host, hep.port), hep_state=self._dir / "hep"
+            )
+            create_shared(self._dir / "hep")
         share.metrics_dir.mkdir()
         capacity = replay_capacity(self.config)
         ShmStore.create(share.replay, capacity, value_size=REPLAY_VALUE_SIZE).close()
