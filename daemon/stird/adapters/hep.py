@@ -25,7 +25,10 @@ One process keeps its offers and digests in memory here (:class:`SdpStore`,
 workers``, each worker runs this collector on the same UDP port and
 stird.adapters.hep_shared keeps them in shared memory, with the same interface
 (:class:`OfferStore`, :class:`SeenDigests`) and the same bounds; its docstring says how
-a session waits there for a copy another worker took.
+a session waits there for a copy another worker took. The connected-identity bookkeeping
+(:class:`DialogBook`: the Identity values the sign route expects to see leave, the
+callers' From tags) is :class:`MemoryDialogBook` in one process and
+stird.adapters.hep_shared.SharedDialogBook among workers.
 """
 
 from __future__ import annotations
