@@ -266,12 +266,13 @@ def test_worker_count() -> None:
     assert worker_count(parse_config(dialog, Path("x"))) == 4
 
 
-def test_per_process_state_keeps_one_worker() -> None:
-    """HEP's SDP offers, the embedded CPS and msec dialogs are shared by the workers; HEP's
-    msec dialog bookkeeping is not, so HEP with [dialog] policy keeps one worker."""
+def test_no_per_process_state_keeps_one_worker() -> None:
+    """HEP's SDP offers and msec dialog bookkeeping, the embedded CPS and msec dialogs are
+    all shared by the workers: HEP with [dialog] policy runs every worker too
+    (tests/wiring/test_workers_hep_dialog.py)."""
     hep = {"server": {"workers": 4}, "asterisk": {"hep": "127.0.0.1:9060"}}
     assert worker_count(parse_config(hep, Path("x"))) == 4
     dialog = {"server": {"workers": 4}, "dialog": {"policy": "mandatory"}}
     assert worker_count(parse_config(dialog, Path("x"))) == 4
     both = {**hep, "dialog": {"policy": "mandatory"}}
-    assert worker_count(parse_config(both, Path("x"))) == 1
+    assert worker_count(parse_config(both, Path("x"))) == 4

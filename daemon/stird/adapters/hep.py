@@ -25,7 +25,10 @@ One process keeps its offers and digests in memory here (:class:`SdpStore`,
 workers``, each worker runs this collector on the same UDP port and
 stird.adapters.hep_shared keeps them in shared memory, with the same interface
 (:class:`OfferStore`, :class:`SeenDigests`) and the same bounds; its docstring says how
-a session waits there for a copy another worker took.
+a session waits there for a copy another worker took. The connected-identity bookkeeping
+(:class:`DialogBook`: the Identity values the sign route expects to see leave, the
+callers' From tags) is :class:`MemoryDialogBook` in one process and
+stird.adapters.hep_shared.SharedDialogBook among workers.
 """
 
 from __future__ import annotations
@@ -228,6 +231,59 @@ class SeenDigests(Protocol):
     def close(self) -> None: ...
 
 
+class DialogBook(Protocol):
+    """The collector's connected-identity bookkeeping (RFC 8862 §4.3): the Identity values
+    the sign route expects to see leave Asterisk (each with its channel, for ``expect_ttl``
+    seconds) and the caller's From tag of each tracked dialog. :class:`MemoryDialogBook`
+    (one process) or stird.adapters.hep_shared.SharedDialogBook (workers: the sign session
+    and the HEP copies may be on different workers)."""
+
+    def expect(self, token: str, channel: str) -> None: ...
+    def expected(self, token: str) -> str | None: ...  # its channel, while not expired
+    def remember_caller(self, call_id: str, tag: str) -> None: ...
+    def caller(self, call_id: str) -> str | None: ...
+    def close(self) -> None: ...
+
+
+class MemoryDialogBook:
+    """:class:`DialogBook` in this process: at most ``max_entries`` expected values (the
+    oldest dropped first), each ``ttl`` seconds, and at most ``max_entries`` callers' tags
+    (the oldest dropped first; a dialog's tag is needed as long as the dialog policy tracks
+    it, so it has no TTL of its own)."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 4096,
+        ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries, self.ttl, self._clock = max_entries, ttl, clock
+        self._expected: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._tags: OrderedDict[str, str] = OrderedDict()
+
+    def expect(self, token: str, channel: str) -> None:
+        self._expected[token] = (channel, self._clock() + self.ttl)
+        self._expected.move_to_end(token)
+        while len(self._expected) > self.max_entries:
+            self._expected.popitem(last=False)
+
+    def expected(self, token: str) -> str | None:
+        found = self._expected.get(token)  # kept: a challenged INVITE is sent again
+        return found[0] if found is not None and found[1] > self._clock() else None
+
+    def remember_caller(self, call_id: str, tag: str) -> None:
+        self._tags[call_id] = tag
+        while len(self._tags) > self.max_entries:
+            self._tags.popitem(last=False)
+
+    def caller(self, call_id: str) -> str | None:
+        return self._tags.get(call_id)
+
+    def close(self) -> None:
+        """Nothing to release (the shared book unmaps its tables)."""
+
+
 class HepCollector(asyncio.DatagramProtocol):
     """The UDP endpoint: decode, authenticate, de-duplicate, then store or act."""
 
@@ -238,6 +294,7 @@ class HepCollector(asyncio.DatagramProtocol):
         password: str | None = None,
         store: OfferStore | None = None,
         digests: SeenDigests | None = None,
+        book: DialogBook | None = None,
         max_tasks: int = 256,
         max_expected: int = 4096,
         expect_ttl: float = 60.0,
@@ -248,9 +305,11 @@ class HepCollector(asyncio.DatagramProtocol):
         self.metrics = api.metrics  # stird_hep_* (stird.adapters.metrics)
         self.digests: SeenDigests = digests if digests is not None else Digests()
         self._max_tasks = max_tasks
-        self._expected: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._max_expected, self._expect_ttl, self._clock = max_expected, expect_ttl, clock
-        self._tags: dict[str, str] = {}  # Call-ID -> the caller's From tag (tracked dialogs)
+        self.book: DialogBook = (
+            book
+            if book is not None
+            else MemoryDialogBook(max_entries=max_expected, ttl=expect_ttl, clock=clock)
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._transport: asyncio.DatagramTransport | None = None
         self.health: dict[str, Any] = {"address": None, "datagrams": 0, "rejected": 0}
@@ -287,6 +346,7 @@ class HepCollector(asyncio.DatagramProtocol):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.store.close()
         self.digests.close()
+        self.book.close()
 
     async def drain(self) -> None:
         """Let pending backwards verifications finish (tests)."""
@@ -361,7 +421,7 @@ class HepCollector(asyncio.DatagramProtocol):
     def _from_callee(self, call_id: str, message: SipMessage, cseq: Any) -> bool:
         """Responses to the caller's requests carry the caller's From tag; the callee's own
         requests carry another one."""
-        caller = self._tags.get(call_id) or self.store.caller_tag(call_id)
+        caller = self.book.caller(call_id) or self.store.caller_tag(call_id)
         if message.status is not None:
             to_invite = message.status in _ANSWERS and cseq is not None and cseq[1] == "INVITE"
             return to_invite and (caller is None or message.tag("from") == caller)
@@ -376,30 +436,21 @@ class HepCollector(asyncio.DatagramProtocol):
         carrying one leaves Asterisk, its Call-ID is tracked by the dialog policy."""
         if self.api.dialogs.policy is None or not _has_msec(identities):
             return
-        expires = self._clock() + self._expect_ttl
         for token in _tokens(identities):
-            self._expected[token] = (channel, expires)
-            self._expected.move_to_end(token)
-        while len(self._expected) > self._max_expected:
-            self._expected.popitem(last=False)
+            self.book.expect(token, channel)
 
     def _offered(self, call_id: str, message: SipMessage) -> None:
         policy = self.api.dialogs.policy
-        if policy is None or not self._expected:
+        if policy is None:
             return
-        now = self._clock()
         for token in _tokens(message.all("identity")):
-            found = self._expected.get(token)  # kept: a challenged INVITE is sent again
-            if found is not None and found[1] > now:
-                policy.offered(call_id, DialogHandle(asterisk_channel=found[0]))
-                self._remember_caller(call_id, message.tag("from"))
+            channel = self.book.expected(token)  # kept: a challenged INVITE is sent again
+            if channel is not None:
+                policy.offered(call_id, DialogHandle(asterisk_channel=channel))
+                tag = message.tag("from")
+                if tag:
+                    self.book.remember_caller(call_id, tag)
                 return
-
-    def _remember_caller(self, call_id: str, tag: str | None) -> None:
-        if tag:
-            self._tags[call_id] = tag
-            while len(self._tags) > self._max_expected:
-                self._tags.pop(next(iter(self._tags)))
 
     def _spawn(self, work: Any) -> None:
         if len(self._tasks) >= self._max_tasks:
@@ -444,4 +495,13 @@ class HepCollector(asyncio.DatagramProtocol):
             policy.answered(call_id)
 
 
-__all__ = ["Digests", "HepCollector", "OfferStore", "OfferWaits", "SdpStore", "SeenDigests"]
+__all__ = [
+    "DialogBook",
+    "Digests",
+    "HepCollector",
+    "MemoryDialogBook",
+    "OfferStore",
+    "OfferWaits",
+    "SdpStore",
+    "SeenDigests",
+]

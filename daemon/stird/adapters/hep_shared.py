@@ -37,10 +37,16 @@ only while sessions wait.
 Retransmissions are dropped across workers too (:class:`SharedDigests`, a ShmStore of
 the digests seen in the last ``DIGEST_TTL`` seconds, evicting the soonest-expiring).
 
-Still per worker: the collector's connected-identity bookkeeping (the Identity values the
-sign route expects to see leave, the caller's From tag of each tracked dialog), which only
-msec dialog tracking (``[dialog] policy``) uses; that keeps its own reason for one worker
-(stird.wiring.workers).
+The collector's connected-identity bookkeeping, which only msec dialog tracking
+(``[dialog] policy``) uses, is shared too (:class:`SharedDialogBook`): the FastAGI sign
+session that expects an Identity value to leave Asterisk runs on whichever worker
+Asterisk's connection landed, while one worker takes every HEP copy (Asterisk sends them
+from one socket). Two ShmStore tables, evicting the soonest-expiring when full (one
+process drops exactly the oldest): the expected values (``max_expected`` entries,
+``expect_ttl`` seconds each; the key is the Identity value's PASSporT, the value the
+channel's name) and the callers' From tags by Call-ID (``max_expected`` entries, kept
+``TAG_TTL``: the bound is their count, as in one process). A value looked up is kept
+(a challenged INVITE is sent again with the same Identity).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ POLL = 0.002  # s between two looks at the log while sessions wait
 MAX_CALL_ID = 1024  # bytes of a Call-ID kept (a longer one: the offer is not stored)
 MAX_TAG = 256  # bytes of a From tag kept (a longer one is not kept)
 DIGEST_TTL = 32.0  # s a digest is remembered: SIP's Timer B/F, when retransmissions stop
+MAX_CHANNEL = 256  # bytes of an Asterisk channel name kept (a longer one: not expected)
+TAG_TTL = 86400.0  # s a tracked dialog's caller tag is kept at most (the count bounds them)
 INDEX_VALUE = struct.Struct("<Q")  # the record's position in the log
 _MAGIC = b"STIRHEP1"
 _HEADER = struct.Struct("<8sQQ")  # magic, size, head
@@ -304,18 +312,67 @@ class SharedDigests:
         self.table.close()
 
 
+class SharedDialogBook:
+    """:class:`~stird.adapters.hep.DialogBook` in two shared tables (see the module's
+    docstring): an expected value or a caller's tag recorded by one worker is found by
+    every other."""
+
+    def __init__(self, expected_path: Path, callers_path: Path, *, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self.tokens = ShmStore.attach(expected_path)
+        try:
+            self.callers = ShmStore.attach(callers_path)
+        except BaseException:
+            self.tokens.close()
+            raise
+
+    @staticmethod
+    def create(expected_path: Path, callers_path: Path, *, max_expected: int = 4096) -> None:
+        ShmStore.create(expected_path, max_expected, value_size=MAX_CHANNEL, evict=True).close()
+        ShmStore.create(callers_path, max_expected, value_size=MAX_TAG, evict=True).close()
+
+    def expect(self, token: str, channel: str) -> None:
+        value = channel.encode()
+        if len(value) <= MAX_CHANNEL:  # a longer name could not be hung up by it anyway
+            self.tokens.set_now(token, value, self.ttl)
+
+    def expected(self, token: str) -> str | None:
+        value = self.tokens.get_now(token)  # kept: a challenged INVITE is sent again
+        return value.decode(errors="replace") if value else None
+
+    def remember_caller(self, call_id: str, tag: str) -> None:
+        value = tag.encode()
+        if len(value) <= MAX_TAG:  # a longer one is not kept (as the offers' tags)
+            self.callers.set_now(call_id, value, TAG_TTL)
+
+    def caller(self, call_id: str) -> str | None:
+        value = self.callers.get_now(call_id)
+        return value.decode(errors="replace") if value else None
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.callers.close()
+
+
 def create_shared(
-    directory: Path, *, max_calls: int = 4096, max_bytes: int = 8 << 20, digests: int = 16384
+    directory: Path,
+    *,
+    max_calls: int = 4096,
+    max_bytes: int = 8 << 20,
+    digests: int = 16384,
+    max_expected: int = 4096,
 ) -> None:
     """The shared files in ``directory`` (made here: the supervisor's private one)."""
     directory.mkdir(mode=0o700)
     SharedSdpStore.create(directory / "offers", directory / "index", max_calls=max_calls,
                           max_bytes=max_bytes)  # fmt: skip
     SharedDigests.create(directory / "digests", digests)
+    SharedDialogBook.create(directory / "expected", directory / "callers",
+                            max_expected=max_expected)  # fmt: skip
 
 
 def attach_shared(directory: Path, *, ttl: float = 5.0) -> tuple[SharedSdpStore, SharedDigests]:
-    """A worker's view of the files :func:`create_shared` made."""
+    """A worker's view of the offers and digests :func:`create_shared` made."""
     store = SharedSdpStore(directory / "offers", directory / "index", ttl=ttl)
     try:
         return store, SharedDigests(directory / "digests")
@@ -324,4 +381,17 @@ def attach_shared(directory: Path, *, ttl: float = 5.0) -> tuple[SharedSdpStore,
         raise
 
 
-__all__ = ["OfferLog", "SharedDigests", "SharedSdpStore", "attach_shared", "create_shared"]
+def attach_book(directory: Path, *, expect_ttl: float = 60.0) -> SharedDialogBook:
+    """A worker's view of the connected-identity tables :func:`create_shared` made."""
+    return SharedDialogBook(directory / "expected", directory / "callers", ttl=expect_ttl)
+
+
+__all__ = [
+    "OfferLog",
+    "SharedDialogBook",
+    "SharedDigests",
+    "SharedSdpStore",
+    "attach_book",
+    "attach_shared",
+    "create_shared",
+]

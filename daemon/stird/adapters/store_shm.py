@@ -157,6 +157,10 @@ class ShmStore:
         """:meth:`add` without a coroutine."""
         return self._put(key, value, ttl, only_new=True)
 
+    def set_now(self, key: str, value: bytes, ttl: float) -> None:
+        """:meth:`set` without a coroutine."""
+        self._put(key, value, ttl, only_new=False)
+
     # ------------------------------------------------------------ the table ----
 
     def _digest(self, key: str) -> bytes:

@@ -16,7 +16,7 @@ from stird.adapters.api import StirApi
 from stird.adapters.connpolicy import Listeners
 from stird.adapters.dtls import DtlsCertificates
 from stird.adapters.hep import HepCollector
-from stird.adapters.hep_shared import attach_shared
+from stird.adapters.hep_shared import attach_book, attach_shared
 from stird.adapters.metrics import Metrics
 from stird.wiring.config import AsteriskConfig, Config, ConfigError
 from stird.wiring.exposure import is_loopback
@@ -91,8 +91,8 @@ async def start_asterisk(
 ) -> AsteriskLink:
     """Start what the configuration asks for; their state goes into ``api.health``.
     ``agi_sock``, ``hep_sock``: the FastAGI and HEP sockets, when a supervisor bound them;
-    ``hep_state``: the directory of the SDP offers and digests all workers share
-    (stird.adapters.hep_shared), in memory when None."""
+    ``hep_state``: the directory of the SDP offers, digests and connected-identity
+    bookkeeping all workers share (stird.adapters.hep_shared), in memory when None."""
     link = AsteriskLink()
     ast = config.asterisk
     settings = ami_settings(ast) if ast.ami_enabled else None  # ConfigError before listening
@@ -100,7 +100,14 @@ async def start_asterisk(
     if ast.hep is not None:
         if hep_state is not None:
             store, digests = attach_shared(hep_state)
-            link.hep = HepCollector(api, password=ast.hep_password, store=store, digests=digests)
+            try:
+                book = attach_book(hep_state)
+            except BaseException:
+                store.close()
+                digests.close()
+                raise
+            link.hep = HepCollector(api, password=ast.hep_password, store=store, digests=digests,
+                                    book=book)  # fmt: skip
         else:
             link.hep = HepCollector(api, password=ast.hep_password)
         link.hep_address = await link.hep.start(ast.hep.host, ast.hep.port, sock=hep_sock)

@@ -285,7 +285,7 @@ class ServerConfig:
     partial_frame_budget: int = setting(64 << 20, number(integer=True, above=True))  # all, bytes
     # worker processes sharing the listeners (stird.wiring.workers); 0: one per core,
     # 1: a single process (no supervisor). The embedded CPS and [dialog] tracking are
-    # shared among them (SQLite files); [asterisk] hep keeps stird to one
+    # shared among them (SQLite files), and [asterisk] hep's state (shared memory)
     workers: int = setting(0, number(integer=True, maximum=256))
 
 

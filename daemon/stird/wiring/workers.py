@@ -7,12 +7,13 @@ HTTP, JSON-RPC (netstring) and FastAGI addresses once — a socket bound with
 workers come and go; for the HEP collector's UDP port, one connected elsewhere so that it
 receives nothing (stird.adapters.sockets.udp_reserved) — and creates the state the
 workers share on this host (stird.adapters.store_shm: the replay cache and the TOFU pins;
-stird.adapters.hep_shared: HEP's SDP offers; SQLite files for the embedded CPS without
-Redis and for msec dialog tracking; the multiprocess metrics directory) in a
-private directory (``$RUNTIME_DIRECTORY``, else /dev/shm), removed at
-exit. Then it forks the workers; each binds its own ``SO_REUSEPORT`` socket on each of
-those addresses and runs the ordinary daemon (stird.wiring.app.serve) on them, which
-listens once it serves. The kernel hashes each new connection over the listening sockets
+stird.adapters.hep_shared: HEP's SDP offers, digests and connected-identity bookkeeping;
+SQLite files for the embedded CPS without Redis and for msec dialog tracking; the
+multiprocess metrics directory) in a private directory (``$RUNTIME_DIRECTORY``, else
+/dev/shm), removed at exit. Then it forks the workers; each binds its own
+``SO_REUSEPORT`` socket on each of those addresses and runs the ordinary daemon
+(stird.wiring.app.serve) on them, which listens once it serves. The kernel hashes each
+new connection over the listening sockets
 (stird.adapters.sockets.reuseport), so a few long-lived connections (Kamailio's
 janssonrpcc, HTTP keep-alive) spread over the workers instead of all landing on the one
 that woke first from a shared accept queue. A worker that dies takes the connections
@@ -73,28 +74,11 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 _CREDS = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
-def _single_process_reasons(config: Config) -> list[str]:
-    """State that lives in one process's memory and is not shared among workers yet (the
-    embedded CPS and msec dialogs are: SQLite files, see :meth:`WorkerSupervisor._prepare`)."""
-    reasons = []
-    if config.asterisk.hep is not None and config.dialog.policy != "off":
-        reasons.append(
-            "HEP's msec dialog bookkeeping (the Identity values expected back, the callers' "
-            "From tags) is per process ([asterisk] hep with [dialog] policy)"
-        )
-    return reasons
-
-
 def worker_count(config: Config) -> int:
-    """``[server] workers``, 0 meaning one per core this process may run on. State that is
-    not shared among processes (HEP's msec dialog bookkeeping, with [dialog] policy) keeps
-    stird to one process, said in the log."""
-    count = config.server.workers or len(os.sched_getaffinity(0))
-    reasons = _single_process_reasons(config) if count > 1 else []
-    if reasons:
-        log.info("running one worker: %s", "; ".join(reasons))
-        return 1
-    return count
+    """``[server] workers``, 0 meaning one per core this process may run on. Every piece of
+    state the workers need in common is shared on this host (see
+    :meth:`WorkerSupervisor._prepare`), so nothing keeps stird to one process."""
+    return config.server.workers or len(os.sched_getaffinity(0))
 
 
 def _runtime_base() -> str | None:
