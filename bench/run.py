@@ -876,15 +876,16 @@ def table(out: dict[str, Any]) -> str:  # noqa: PLR0912 - one branch per row kin
     if _why(workers) or not workers:
         add("workers", workers)
     else:
-        for load in ("saturation", "fixed_rate"):
+        for load in ("saturation", "fixed_rate", "one_worker_at_rate_per_worker"):
             for row in workers.get(load, []):
+                ratio = f" (x{row['cpu_vs_first']})" if "cpu_vs_first" in row else ""
                 rows.append(
                     (
                         f"workers={row['workers']} /v1/sign {row['load']}",
                         _fmt(row["rate_per_s"], "/s"),
                         _fmt(row.get("p50_ms")),
                         _fmt(row.get("p99_ms")),
-                        f"{row['cpu_s_per_1000']} CPU-s/1000 (x{row['cpu_vs_first']}), "
+                        f"{row['cpu_s_per_1000']} CPU-s/1000{ratio}, "
                         f"others {row.get('other_cores')} cores",
                     )
                 )

@@ -16,7 +16,13 @@ from one Python process:
 * fixed rate (open loop, wrk2-style): every connection sends on its own schedule, the
   connections together ``--rate`` requests/s (well below saturation), latency counted
   from the scheduled send time. Every process has idle time, so CPU per request is the
-  work a request costs at a given load, which is what the target compares.
+  work a request costs at a given load, which is what the target compares. It includes
+  waking up: N workers split the load, each sleeps longer between requests, and a
+  process woken after a longer sleep costs more (cold caches; on the 2-core VM of
+  docs/PERFORMANCE.md a bare asyncio timer costs ~26 us of CPU per wake-up after 1 ms
+  asleep, ~134 us after 20 ms). So one worker also runs at ``rate / N``, as busy as each
+  of the N: its CPU per request against theirs separates the cost of the workers
+  themselves from the cost of each one idling more.
 
 Target (issue #18): CPU per request with 2 workers within 10 % of 1 worker.
 """
@@ -226,12 +232,17 @@ def compare(
     round runs every count in turn, so slow drift of the machine hits them alike)."""
     saturation: list[list[dict[str, Any]]] = []
     fixed: list[list[dict[str, Any]]] = []
+    density: list[dict[str, Any]] = []
+    most = max(counts)
     for _ in range(repeat):
         saturation.append(_relative([measure(n, seconds, connections) for n in counts]))
         fixed.append(_relative([measure(n, seconds, connections, rate) for n in counts]))
+        if most > 1:  # one worker as busy as each of ``most`` workers at ``rate``
+            density.append(measure(1, seconds, connections, rate / most))
     return {
         "saturation": [row for rows in saturation for row in rows],
         "fixed_rate": [row for rows in fixed for row in rows],
+        "one_worker_at_rate_per_worker": density,
         "rate": rate,
         "cores": len(os.sched_getaffinity(0)),
         "target": "CPU per request with 2 workers within 10 % of 1 worker",
