@@ -222,6 +222,32 @@ async def test_budget_drops_the_biggest_unfinished_frame() -> None:
     assert t.budget.total == 30
 
 
+def _partial(t: ConnectionTracker) -> float:
+    return float(t.stats.partial.collect()[0].samples[0].value)
+
+
+async def test_partial_frame_gauge_shows_the_budget_at_each_sweep() -> None:
+    """Written by the sweeper (every tick), not by each hold: with several workers each
+    gauge write is a locked write to the metrics file."""
+    clock, shut = Clock(), []
+    t = tracker(ConnectionPolicy(partial_frame_budget=100), clock, budget=True)
+    conn = t.admit(closer(shut, "conn"))
+    assert conn is not None and t.budget is not None
+    conn.hold(40)
+    t.sweep()
+    assert _partial(t) == 40
+    conn.hold(0)
+    conn.hold(10)
+    conn.hold(0)
+    assert _partial(t) == 40  # not yet published
+    t.sweep()
+    assert _partial(t) == 0
+    conn.hold(60)
+    conn.release()  # gone with its frame
+    t.sweep()
+    assert _partial(t) == 0 and shut == []
+
+
 # --- HTTP (aiohttp) ----------------------------------------------------------------------
 
 

@@ -23,7 +23,8 @@ tracker close it when the policy says so:
 
 Every close for one of those reasons is counted in ``stird_connections_closed_total
 {listener,reason}`` and logged at most once per :data:`LOG_INTERVAL` per listener and
-reason; ``stird_connections_open{listener}`` shows the open connections.
+reason; ``stird_connections_open{listener}`` shows the open connections and
+``stird_partial_frame_bytes`` the budget's total as of the last sweep (every ``tick``).
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ class ConnectionStats:
             ["listener", "reason"], registry=registry,
         )  # fmt: skip
         self.partial = Gauge(
-            "stird_partial_frame_bytes", "Bytes held in unfinished frames", registry=registry
+            "stird_partial_frame_bytes",
+            "Bytes held in unfinished frames (as of the last connection sweep, <= 1 s ago)",
+            registry=registry,
         )
         self._children: dict[tuple[str, Reason], Counter] = {}  # labels() once per pair
         self._pending: dict[tuple[str, Reason], int] = {}
@@ -161,6 +164,7 @@ class FrameBudget:
         self._gone = 0  # bytes released with closed connections since the last trim
         self._trimmed = -self.TRIM_INTERVAL
         self._trim = _malloc_trim()
+        self._published = 0
 
     def hold(self, conn: Connection, size: int, *, gone: bool = False) -> None:
         """``conn`` now holds ``size`` bytes of an unfinished frame; past the budget the
@@ -175,7 +179,15 @@ class FrameBudget:
         while self.total > self.limit and self._held:
             biggest = max(self._held, key=self._held.__getitem__)
             biggest.drop(Reason.BUDGET)  # releases its share
-        self._stats.partial.set(self.total)
+
+    def publish(self) -> None:
+        """``stird_partial_frame_bytes`` := the total now (the sweepers call it every
+        tick). Not on each :meth:`hold`: an HTTP request holds and releases its body about
+        four times, and with several workers every gauge write is a locked write to the
+        metrics file (plus a ``getpid``)."""
+        if self.total != self._published:
+            self._published = self.total
+            self._stats.partial.set(self.total)
 
     def maybe_trim(self, now: float) -> None:
         if self._gone >= self.TRIM_AFTER and now - self._trimmed >= self.TRIM_INTERVAL:
@@ -385,6 +397,7 @@ class ConnectionTracker:
                 conn.drop(Reason(conn.phase.value))
         self.stats.flush(now)
         if self.budget is not None:
+            self.budget.publish()
             self.budget.maybe_trim(now)
 
     def _ensure_sweeper(self) -> None:

@@ -128,11 +128,31 @@ _MAX_CHILDREN = 1024
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+_pid = os.getpid()
+
+
+def _process_id() -> int:
+    """This process's PID, as prometheus-client's multiprocess values check it on every
+    update to notice a fork. Its default, ``os.getpid``, is a system call each time (glibc
+    does not cache it): three per sign request in a worker; this one is refreshed in the
+    child by ``os.fork`` itself (``register_at_fork``) and by :func:`enable_multiprocess`."""
+    return _pid
+
+
+def _refresh_pid() -> None:
+    global _pid  # noqa: PLW0603 - one value per process, refreshed at fork
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
 def enable_multiprocess(directory: Path) -> None:
     """From now on, every metric this process creates keeps its value in a file under
     ``directory`` (call in each worker before building :class:`Metrics`)."""
     os.environ[_MULTIPROC_ENV] = str(directory)
-    prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _refresh_pid()
+    prometheus_values.ValueClass = prometheus_values.MultiProcessValue(_process_id)  # type: ignore[no-untyped-call]
 
 
 def forget_process(directory: Path, pid: int) -> None:
