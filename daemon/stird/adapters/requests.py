@@ -152,6 +152,12 @@ def wants_oob(raw: Any) -> bool:
     return Fields(raw).flag("oob", False)
 
 
+def wants_flat(raw: Any) -> bool:
+    """``"reply": "flat"`` (stird.cfg): a result without nested objects or arrays, read
+    with one ``jansson_xdecode`` in Kamailio's single janssonrpcc I/O process."""
+    return Fields(raw).choice("reply", ("full", "flat"), "full") == "flat"
+
+
 def sip_facts(raw: Any) -> SipFacts:
     body = Fields(raw)
     return SipFacts(
