@@ -64,14 +64,15 @@ def _merged(results: Sequence[PublishResult]) -> PublishResult:
                          failed[0].error if failed else None)  # fmt: skip
 
 
-def flat_sign(out: SignOutput, request: SignInput) -> dict[str, Any]:
-    """``stir.sign`` with ``"reply": "flat"``: the header lines to append as one string
-    (every Identity header, then Date when the request had none: the PASSporTs' iat),
-    so Kamailio's I/O process decodes one small object and calls append_hf once."""
+def flat_sign(out: SignOutput, request: SignInput) -> str:
+    """``stir.sign`` with ``"reply": "flat"``: the result is the header lines to append, one
+    string (every Identity header, then Date when the request had none: the PASSporTs'
+    iat), so Kamailio's single janssonrpcc I/O process decodes the answer once and calls
+    append_hf once. Empty when nothing was signed and the request had a Date."""
     lines = [f"Identity: {value}\r\n" for value in out.identity]
     if request.date is None:
         lines.append(f"Date: {out.date}\r\n")
-    return {"hdrs": "".join(lines), "count": len(out.identity)}
+    return "".join(lines)
 
 
 def flat_verify(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,10 +101,20 @@ class StirApi:
             self.shedder.check(interface)
 
     def methods(self) -> dict[str, Method]:
-        return {"stir.sign": self.sign, "stir.verify": self.verify, "stir.status": self.status,
+        return {"stir.sign": self.sign_rpc, "stir.verify": self.verify, "stir.status": self.status,
                 "stir.dialog": self.dialog}  # fmt: skip
 
     async def sign(self, params: Any) -> dict[str, Any]:
+        """``POST /v1/sign``, FastAGI: the full result (``reply`` is JSON-RPC's)."""
+        body, _ = await self._sign(params)
+        return body
+
+    async def sign_rpc(self, params: Any) -> dict[str, Any] | str:
+        """JSON-RPC ``stir.sign``: ``"reply": "flat"`` makes it the header text."""
+        body, flat = await self._sign(params)
+        return body if flat is None else flat
+
+    async def _sign(self, params: Any) -> tuple[dict[str, Any], str | None]:
         self.admit()
         started = time.perf_counter()
         runtime = self.runtime
@@ -130,7 +141,7 @@ class StirApi:
         ppts = ",".join(p.ppt or "base" for p in out.passports) or "none"
         self.calls.signed(request, out)
         self.metrics.observe("sign", time.perf_counter() - started, "signed", None, ppts)
-        return flat_sign(out, request) if flat else body
+        return body, flat_sign(out, request) if flat else None
 
     async def _publish(
         self, oob: OobRuntime | None, request: SignInput, out: SignOutput
