@@ -93,3 +93,18 @@ def test_json_rpc_stir_sign_is_the_flat_form_when_asked(api: StirApi) -> None:
     method = api.methods()["stir.sign"]
     assert isinstance(run(method({**SIGN, "reply": "flat"})), str)
     assert isinstance(run(method(dict(SIGN))), dict)
+
+
+@pytest.mark.parametrize(("given", "count"), [({}, 2), ({"add_shaken": False}, 1),
+                                              ({"add_shaken": True}, 2)])  # fmt: skip
+def test_add_shaken_in_the_request_says_one_passport_or_two(
+    api: StirApi, given: dict[str, Any], count: int
+) -> None:
+    assert len(run(api.sign({**SIGN, **given}))["identity"]) == count
+
+
+@pytest.mark.parametrize("bad", [0, 1, "false", None])
+def test_add_shaken_must_be_a_boolean(api: StirApi, bad: Any) -> None:
+    with pytest.raises(FieldError) as err:
+        run(api.sign({**SIGN, "add_shaken": bad}))
+    assert err.value.field == "add_shaken"

@@ -145,6 +145,7 @@ def sign_input(raw: Any, region: str | None) -> SignInput:
         ppt_given=given,
         attest=attest,
         call_id=body.call_id(),
+        add_shaken=body.flag("add_shaken", True) if "add_shaken" in body.body else None,
     )
 
 
