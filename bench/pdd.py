@@ -51,6 +51,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # STIRD_PDD_KAMAILIO_DIR: another integrations/kamailio (an A/B of a cfg change)
 KAM_DIR = Path(os.environ.get("STIRD_PDD_KAMAILIO_DIR") or ROOT / "integrations" / "kamailio")
+# STIRD_PDD_STIRD_CONFIG: a stird.toml for the daemon (e.g. [server] workers, [sign] add_shaken).
+# Without one stird runs as `stird serve` alone does: the embedded development CPS, which
+# keeps it to ONE worker process whatever [server] workers says (wiring/workers.py).
+STIRD_CONFIG = os.environ.get("STIRD_PDD_STIRD_CONFIG")
+# STIRD_PDD_KAMAILIO_ARGS: more Kamailio command-line options, e.g. "-x tlsf" (memory manager)
+KAM_ARGS = os.environ.get("STIRD_PDD_KAMAILIO_ARGS", "").split()
 HOST = "127.0.0.1"
 RATES = (200, 500, 1000)
 WAYS = ("relay", "stird", "secsipid", "stird-http")
@@ -218,6 +224,8 @@ class Pdd:
 
             argv.append("--uvloop")
         argv += ["--", "serve", "--state-dir", str(state)]
+        if STIRD_CONFIG:
+            argv += ["--config", STIRD_CONFIG]
         argv += ["--http", f"{HOST}:{self.http}", "--jsonrpc", f"{HOST}:{self.rpc}"]
         argv += ["--agi", f"{HOST}:{self.agi}"]
         stird = self.start("stird", argv)
@@ -264,6 +272,7 @@ class Pdd:
             defines["STIRD_URL"] = f'"http://{HOST}:{self.http}"'
         argv = [self.kamailio, "-f", str(KAM_DIR / cfg), "-DD", "-E"]
         argv += ["-L", str(self.modules), "-Y", str(run), "-w", str(run), "-m", "512", "-M", "32"]
+        argv += KAM_ARGS
         for name, value in defines.items():
             argv += ["-A", f"{name}={value}"]
         self.kam_rpc = int(defines["RPC_LISTEN"].rsplit(":", 1)[1])

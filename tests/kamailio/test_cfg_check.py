@@ -20,6 +20,8 @@ COMBINATIONS = {
     "dialog policy": ["STIRD_DIALOG_POLICY"],
     "own dialog event routes": ["STIRD_DIALOG_POLICY", "STIRD_NO_DIALOG_EVENTS"],
     "relay baseline": ["BENCH_RELAY_ONLY"],
+    "one PASSporT": ["STIRD_ONE_PASSPORT"],
+    "one PASSporT, dialog policy": ["STIRD_ONE_PASSPORT", "STIRD_DIALOG_POLICY"],
 }
 
 
@@ -38,7 +40,11 @@ def test_the_shipped_config_passes_the_check(defines: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("defines", [[], ["STIRD_DIALOG_POLICY"]], ids=["shipped", "policy"])
+@pytest.mark.parametrize(
+    "defines",
+    [[], ["STIRD_DIALOG_POLICY"], ["STIRD_ONE_PASSPORT"]],
+    ids=["shipped", "policy", "one PASSporT"],
+)
 def test_stird_cfg_without_the_dialog_module(tmp_path: Path, defines: list[str]) -> None:
     """A main file that does not load ``dialog``: stird.cfg's dialog parts drop out."""
     main = (KAM_DIR / "kamailio.cfg").read_text()

@@ -368,6 +368,24 @@ def test_http_client_alternative_signs_and_verifies(own_lab: Any, sipp: Sipp) ->
     assert_rejected(uac, uas_run, 438)
 
 
+def test_one_passport_define_signs_msec_only_and_the_shipped_config_two(
+    own_lab: Any, lab: Lab, sipp: Sipp
+) -> None:
+    """-A STIRD_ONE_PASSPORT: stir.sign with "add_shaken": false, one msec Identity (the
+    SDP has fingerprints); as shipped, msec + shaken. Both answers come back as the
+    "reply": "flat" header text and are appended as they are."""
+    for where, expected in ((own_lab(STIRD_ONE_PASSPORT="1"), 1), (lab, 2)):
+        uas = sipp.uas(where.uas_port)
+        uac = sipp.uac("uac_sign.xml", where.outbound_port, where.sip_port)
+        uas_run = sipp.finish(uas)
+        assert uac.finals() == [200], uac.describe()
+        invite = only_invite(uas_run)
+        identities = header_values(invite, "Identity")
+        assert len(identities) == expected, invite
+        assert MSEC.search(identities[0]) and header_values(invite, "Date")
+        assert "json encoding failed" not in where.kamailio.log()  # params encoded once
+
+
 # ---------------------------------------------------------------------------- pitfalls
 
 
@@ -388,3 +406,5 @@ def test_non_utf8_from_still_signs_and_fails_open_on_verify(lab: Lab, sipp: Sipp
     # stird.cfg's own verstat rewrite (route STIRD_VERSTAT), parameters kept
     assert pai == f"<sip:{CALLER};verstat=No-TN-Validation@127.0.0.1;user=phone>"
     assert "not UTF-8" in lab.kamailio.log()
+    # jansson_xencode refused the whole object; the field-by-field way left out "from"
+    assert "json encoding failed" in lab.kamailio.log()

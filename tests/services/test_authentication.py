@@ -61,6 +61,9 @@ def test_msec_plus_shaken_for_tn_callers() -> None:
     [
         ({"sdp": None}, {}, ["shaken"]),  # no fingerprints: shaken only
         ({}, {"add_shaken": False}, ["msec"]),
+        ({"add_shaken": False}, {}, ["msec"]),  # the request's say (stird.cfg STIRD_ONE_PASSPORT)
+        ({"add_shaken": True}, {"add_shaken": False}, ["msec", "shaken"]),
+        ({"add_shaken": False, "sdp": None}, {}, ["shaken"]),  # no fingerprints: still one
         ({"ppt": Ppt.SHAKEN, "ppt_given": True}, {}, ["shaken"]),
         ({"ppt": None, "ppt_given": True}, {}, [None]),
         ({}, {"ppt": None}, [None]),

@@ -13,7 +13,7 @@ from stird.adapters.dialog_api import DialogApi, is_backwards
 from stird.adapters.jsonrpc import Method
 from stird.adapters.metrics import Metrics
 from stird.adapters.overload import LoadShedder
-from stird.adapters.requests import budget, sign_input, sip_facts, wants_oob
+from stird.adapters.requests import budget, sign_input, sip_facts, wants_flat, wants_oob
 from stird.adapters.supervisor import Supervisor
 from stird.core.errors import StirError
 from stird.core.tn import IdKind
@@ -64,6 +64,26 @@ def _merged(results: Sequence[PublishResult]) -> PublishResult:
                          failed[0].error if failed else None)  # fmt: skip
 
 
+def flat_sign(out: SignOutput, request: SignInput) -> str:
+    """``stir.sign`` with ``"reply": "flat"``: the result is the header lines to append, one
+    string (every Identity header, then Date when the request had none: the PASSporTs'
+    iat), so Kamailio's single janssonrpcc I/O process decodes the answer once and calls
+    append_hf once. Empty when nothing was signed and the request had a Date."""
+    lines = [f"Identity: {value}\r\n" for value in out.identity]
+    if request.date is None:
+        lines.append(f"Date: {out.date}\r\n")
+    return "".join(lines)
+
+
+def flat_verify(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``stir.verify`` with ``"reply": "flat"``: the scalar members only (the per-PASSporT
+    details stay out; the msec dialog decision, when there is one, as ``dialog``)."""
+    flat = {k: v for k, v in body.items() if not isinstance(v, dict | list)}
+    if isinstance(body.get("dialog"), dict):
+        flat["dialog"] = body["dialog"].get("decision")
+    return flat
+
+
 class StirApi:
     def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
         self.runtime = runtime
@@ -81,16 +101,27 @@ class StirApi:
             self.shedder.check(interface)
 
     def methods(self) -> dict[str, Method]:
-        return {"stir.sign": self.sign, "stir.verify": self.verify, "stir.status": self.status,
+        return {"stir.sign": self.sign_rpc, "stir.verify": self.verify, "stir.status": self.status,
                 "stir.dialog": self.dialog}  # fmt: skip
 
     async def sign(self, params: Any) -> dict[str, Any]:
+        """``POST /v1/sign``, FastAGI: the full result (``reply`` is JSON-RPC's)."""
+        body, _ = await self._sign(params)
+        return body
+
+    async def sign_rpc(self, params: Any) -> dict[str, Any] | str:
+        """JSON-RPC ``stir.sign``: ``"reply": "flat"`` makes it the header text."""
+        body, flat = await self._sign(params)
+        return body if flat is None else flat
+
+    async def _sign(self, params: Any) -> tuple[dict[str, Any], str | None]:
         self.admit()
         started = time.perf_counter()
         runtime = self.runtime
         try:
             request = sign_input(params, runtime.region)  # a bad field is a StirError (400)
             oob = wants_oob(params)
+            flat = wants_flat(params)
             out = runtime.auth.sign(request)
         except StirError as exc:
             self.metrics.observe("sign", time.perf_counter() - started, "error", exc.code, "")
@@ -110,7 +141,7 @@ class StirApi:
         ppts = ",".join(p.ppt or "base" for p in out.passports) or "none"
         self.calls.signed(request, out)
         self.metrics.observe("sign", time.perf_counter() - started, "signed", None, ppts)
-        return body
+        return body, flat_sign(out, request) if flat else None
 
     async def _publish(
         self, oob: OobRuntime | None, request: SignInput, out: SignOutput
@@ -139,6 +170,7 @@ class StirApi:
         try:
             facts = sip_facts(params)  # a bad field is a StirError (400): recorded below
             backwards = is_backwards(params)  # the callee's in-dialog request (RFC 8862 §4.3)
+            flat = wants_flat(params)
             if backwards:
                 facts = replace(facts, dialog_forming=False)
             if runtime.oob is None:
@@ -162,7 +194,7 @@ class StirApi:
         self.metrics.observe(
             "verify", time.perf_counter() - started, verdict.verdict.value, verdict.code, ppt
         )
-        return body
+        return flat_verify(body) if flat else body
 
     async def dialog(self, params: Any) -> dict[str, Any]:
         """``stir.dialog``: answered / ended / refused events of msec dialogs."""

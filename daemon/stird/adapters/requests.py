@@ -145,11 +145,18 @@ def sign_input(raw: Any, region: str | None) -> SignInput:
         ppt_given=given,
         attest=attest,
         call_id=body.call_id(),
+        add_shaken=body.flag("add_shaken", True) if "add_shaken" in body.body else None,
     )
 
 
 def wants_oob(raw: Any) -> bool:
     return Fields(raw).flag("oob", False)
+
+
+def wants_flat(raw: Any) -> bool:
+    """``"reply": "flat"`` (stird.cfg): a result without nested objects or arrays, read
+    with one ``jansson_xdecode`` in Kamailio's single janssonrpcc I/O process."""
+    return Fields(raw).choice("reply", ("full", "flat"), "full") == "flat"
 
 
 def sip_facts(raw: Any) -> SipFacts:

@@ -90,6 +90,7 @@ class SignInput:
     ppt_given: bool = False  # False: use the policy's default ppt
     attest: str | None = None
     call_id: str | None = None
+    add_shaken: bool | None = None  # None: the policy's add_shaken (one PASSporT: False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,8 @@ class AuthenticationService:
                 if request.ppt_given:
                     raise bad_request("msec needs an SDP with a=fingerprint (RFC 8862 §4)")
                 return [Ppt.SHAKEN] if is_tn else [None]
-            return [Ppt.MSEC, Ppt.SHAKEN] if is_tn and self.policy.add_shaken else [Ppt.MSEC]
+            add = self.policy.add_shaken if request.add_shaken is None else request.add_shaken
+            return [Ppt.MSEC, Ppt.SHAKEN] if is_tn and add else [Ppt.MSEC]
         if wanted == Ppt.SHAKEN and not is_tn:
             raise bad_request("shaken signs telephone numbers only (RFC 8588)")
         return [wanted]
