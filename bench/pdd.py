@@ -52,8 +52,8 @@ ROOT = HERE.parent
 # STIRD_PDD_KAMAILIO_DIR: another integrations/kamailio (an A/B of a cfg change)
 KAM_DIR = Path(os.environ.get("STIRD_PDD_KAMAILIO_DIR") or ROOT / "integrations" / "kamailio")
 # STIRD_PDD_STIRD_CONFIG: a stird.toml for the daemon (e.g. [server] workers, [sign] add_shaken).
-# Without one stird runs as `stird serve` alone does: the embedded development CPS, which
-# keeps it to ONE worker process whatever [server] workers says (wiring/workers.py).
+# Without one stird runs as `stird serve` alone does: the embedded development CPS (shared by
+# the workers through SQLite) and one worker per core.
 STIRD_CONFIG = os.environ.get("STIRD_PDD_STIRD_CONFIG")
 # STIRD_PDD_KAMAILIO_ARGS: more Kamailio command-line options, e.g. "-x tlsf" (memory manager)
 KAM_ARGS = os.environ.get("STIRD_PDD_KAMAILIO_ARGS", "").split()
