@@ -506,12 +506,17 @@ def table(out: dict[str, Any]) -> str:
 def run_phase(
     quick: bool, rates: tuple[int, ...] = RATES, ways: tuple[str, ...] = WAYS
 ) -> dict[str, Any]:
+    # bench/run.py pins itself to its load core; SIPp, Kamailio and stird must not inherit
+    # that (all of them on one core was the 1,000 calls/s collapse of run.py's pdd phase)
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="stird-pdd-") as tmp:
         bench = Pdd(Path(tmp), 5.0 if quick else 15.0, rates, ways)
         try:
             return bench.run()
         finally:
             bench.stop_all()
+            os.sched_setaffinity(0, pinned)
             keep = os.environ.get("STIRD_PDD_KEEP")
             if keep:
                 shutil.copytree(tmp, keep, dirs_exist_ok=True)
