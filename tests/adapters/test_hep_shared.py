@@ -206,3 +206,77 @@ def test_the_collector_keeps_an_empty_shared_store(workers: Pair, tmp_path: Path
     (store, digests), _ = workers
     collector = HepCollector(make_api(tmp_path), store=store, digests=digests)
     assert collector.store is store and collector.digests is digests
+
+
+# --- hostile: bytes written into the ring but never published (issue #18 review) ---------
+
+_MIN_LOG = hep_shared._RECORD.size + hep_shared.MAX_CALL_ID + hep_shared.MAX_TAG + MAX_SDP
+_EVIL = "v=0\r\nc=IN IP4 10.6.6.6\r\n"
+
+
+def _forged_sdp() -> str:
+    """An SDP whose first bytes are a whole record of its own, for ``victim@host``: read
+    from where the ring's oldest record starts, it would pass for that record."""
+    inner = b"victim@host" + _EVIL.encode()
+    header = hep_shared._RECORD.pack(len(b"victim@host"), 0, len(_EVIL))
+    return (header + inner).decode() + "a=pad:" + "p" * 64 + "\r\n"
+
+
+def _fill_to(store: SharedSdpStore, head: int) -> None:
+    """Filler offers until the log's head is exactly ``head``."""
+    n = 0
+    while (gap := head - store.log.head) > 0:
+        call_id = f"fill{n}@host"
+        n += 1
+        room = gap - hep_shared._RECORD.size - len(call_id)
+        assert room > 0
+        store.put_offer(call_id, "s" * min(room, MAX_SDP), None)
+    assert store.log.head == head
+
+
+@pytest.fixture
+def tight(tmp_path: Path) -> Iterator[Pair]:
+    """Two workers over the smallest log: the oldest record is the next one written over."""
+    create_shared(tmp_path / "hep", max_calls=64, max_bytes=_MIN_LOG, digests=16)
+    a, b = attach_shared(tmp_path / "hep"), attach_shared(tmp_path / "hep")
+    yield a, b
+    for store, digests in (a, b):
+        store.close()
+        digests.close()
+
+
+def test_bytes_written_but_never_published_are_not_read_as_an_older_record(
+    tight: Pair,
+) -> None:
+    """A worker killed between writing a record and publishing it (or one that lost the
+    race for its Call-ID) has overwritten the oldest bytes of the ring: the records there
+    are gone, never read as the new bytes."""
+    (a, _), (b, _) = tight
+    a.put_offer("victim@host", SDP, "victim-tag")  # position 0
+    head = a.log.size - (hep_shared._RECORD.size + len("x@host"))
+    _fill_to(a, head)
+    assert b.offer("victim@host") == SDP  # still intact: head - 0 <= size
+    record = hep_shared._RECORD.pack(len("x@host"), 0, len(_forged_sdp().encode()))
+    record += b"x@host" + _forged_sdp().encode()
+    with b.log.locked():
+        b.log.write(head, record)  # ... and the worker dies here: never published
+    assert a.offer("victim@host") is None
+    assert a.caller_tag("victim@host") is None
+
+
+def test_a_lost_race_leaves_the_ring_as_it_was(
+    tight: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both workers looked ``race@host`` up before either stored it: the loser writes
+    nothing, so the oldest record (which its bytes would have covered) still reads back."""
+    (a, _), (b, _) = tight
+    a.put_offer("race@host", SDP, None)  # the winner
+    victim_at = a.log.head
+    a.put_offer("victim@host", SDP, "victim-tag")
+    _fill_to(a, victim_at + a.log.size - (hep_shared._RECORD.size + len("race@host")))
+    assert a.offer("victim@host") == SDP
+    monkeypatch.setattr(b.index, "get_now", lambda key: None)  # looked before a stored
+    b.put_offer("race@host", _forged_sdp(), None)  # the loser
+    monkeypatch.undo()
+    assert a.offer("race@host") is None  # the winner's record: written over by the filler
+    assert a.offer("victim@host") == SDP and a.caller_tag("victim@host") == "victim-tag"

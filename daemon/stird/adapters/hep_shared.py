@@ -12,16 +12,21 @@ worker:
   holding the total count of bytes ever appended (``head``). A record at position ``p``
   is intact while ``head - p <= max_bytes``: older ones have been written over, the
   oldest first — the byte bound of the in-process :class:`~stird.adapters.hep.SdpStore`.
-  An ``fcntl`` lock on the file guards each append and read.
+  Beside ``head``, the header holds the end of the furthest bytes ever *written*
+  (``reserved``, advanced before the bytes are): a record is intact only while
+  ``reserved - p <= max_bytes`` too, so bytes written and never published (a worker killed
+  between the two) are never read as the older record they covered. An ``fcntl`` lock on
+  the file guards each append and read.
 * the **index**: a :class:`~stird.adapters.store_shm.ShmStore` (``max_calls`` live
   entries, evicting, ``ttl`` seconds each) from the Call-ID to the record's position.
   The first offer of a Call-ID wins (``add``), as in one process. When it is full, the
   entry that expires soonest among a sample of 16 makes room (one process drops exactly
   the oldest).
 
-An offer is written to the log, then added to the index, then published (``head``
-advanced), all under the log's lock: a record another process sees in the log is in the
-index already, and one that lost the race for its Call-ID is never published.
+An offer is added to the index (at the position it will take), then written to the log,
+then published (``head`` advanced), all under the log's lock: a record another process
+sees in the log is in the index already, and one that lost the race for its Call-ID is
+never written (its bytes would cover the oldest record, still published).
 
 **Waiting.** A verify session whose offer is not there yet waits on a future, as in one
 process; the worker that stores the offer wakes its own waiters at once, and each worker
@@ -77,6 +82,7 @@ _MAGIC = b"STIRHEP1"
 _HEADER = struct.Struct("<8sQQ")  # magic, size, head
 _HEADER_SIZE = 64
 _HEAD_AT = 16
+_RESERVED_AT = 24  # the end of the furthest bytes written (zero in a new file)
 _RECORD = struct.Struct("<HHH")  # Call-ID, From tag and SDP lengths
 
 
@@ -130,10 +136,19 @@ class OfferLog:
     def head(self) -> int:
         return int(struct.unpack_from("<Q", self._map, _HEAD_AT)[0])
 
+    @property
+    def reserved(self) -> int:
+        return int(struct.unpack_from("<Q", self._map, _RESERVED_AT)[0])
+
     def publish(self, head: int) -> None:
         struct.pack_into("<Q", self._map, _HEAD_AT, head)
 
     def write(self, position: int, data: bytes) -> None:
+        """``data`` at ``position``; the records it covers stop being intact first (so a
+        process killed while or after writing leaves nothing torn to read)."""
+        end = position + len(data)
+        if end > self.reserved:
+            struct.pack_into("<Q", self._map, _RESERVED_AT, end)
         start = position % self.size
         first = min(len(data), self.size - start)
         base = _HEADER_SIZE
@@ -154,7 +169,7 @@ class OfferLog:
         """Whether the ``length`` bytes at ``position`` are published and not written
         over since."""
         head = self.head
-        return position + length <= head and head - position <= self.size
+        return position + length <= head and max(head, self.reserved) - position <= self.size
 
     def record(self, position: int) -> tuple[str, str, str, int] | None:
         """Call-ID, From tag, SDP and length of the record at ``position``, if intact."""
@@ -228,9 +243,9 @@ class SharedSdpStore(OfferWaits):
         record = _RECORD.pack(len(key), len(tag), len(body)) + key + tag + body
         with self.log.locked():
             position = self.log.head
-            self.log.write(position, record)
             if not self.index.add_now(call_id, INDEX_VALUE.pack(position), self.ttl):
                 return  # another worker stored this Call-ID meanwhile: its offer wins
+            self.log.write(position, record)  # readers wait for the lock: none sees it half
             self.log.publish(position + len(record))
         self._wake(call_id, sdp)
 
