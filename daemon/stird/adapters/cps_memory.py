@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from stird.services.ports import CpsAdmission, CpsCaps
+from stird.services.ports import CpsAdmission, CpsCaps, cps_admission
 
 _K = TypeVar("_K")
 
@@ -35,6 +35,31 @@ class _Stored:
     client: str
     pool: str
     cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """:class:`~stird.services.ports.CpsUsage` of a memory store, for one request."""
+
+    store: MemoryCpsStore
+    number: str
+    owner: str  # the client
+    pool: str
+
+    def tn_pool(self) -> int:
+        return self.store._per_tn_pool[(self.number, self.pool)]
+
+    def client(self) -> int:
+        return self.store._per_client[self.owner]
+
+    def client_tn(self) -> int:
+        return self.store._per_client_tn[(self.owner, self.number)]
+
+    def totals(self) -> tuple[int, int]:
+        return len(self.store), self.store.bytes
+
+    def pool_bytes(self) -> int:
+        return self.store._pool_bytes[self.pool]
 
 
 class MemoryCpsStore:
@@ -77,17 +102,8 @@ class MemoryCpsStore:
             del counter[key]
 
     def _admission(self, tn: str, client: str, n: int, size: int, caps: CpsCaps) -> CpsAdmission:
-        if self._per_tn_pool[(tn, caps.pool)] + n > caps.per_tn:
-            return CpsAdmission.TN_FULL
-        if self._per_client[client] + n > caps.per_client:
-            return CpsAdmission.CLIENT_FULL
-        if self._per_client_tn[(client, tn)] + n > caps.per_client_tn:
-            return CpsAdmission.CLIENT_TN_FULL
-        if self._count + n > self._max or self.bytes + size > self.max_bytes:
-            return CpsAdmission.STORE_FULL
-        if caps.pool_bytes is not None and self._pool_bytes[caps.pool] + size > caps.pool_bytes:
-            return CpsAdmission.STORE_FULL
-        return CpsAdmission.STORED
+        usage = _Usage(self, tn, client, caps.pool)
+        return cps_admission(usage, n, size, caps, max_entries=self._max, max_bytes=self.max_bytes)
 
     async def add(
         self,

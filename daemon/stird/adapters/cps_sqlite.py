@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from stird.adapters import sqlite_db
 from stird.adapters.cps_memory import DEFAULT_MAX_BYTES, entry_cost
-from stird.services.ports import CpsAdmission, CpsCaps
+from stird.services.ports import CpsAdmission, CpsCaps, cps_admission
 
 SCHEMA = """
 CREATE TABLE cps_entries (
@@ -51,6 +52,36 @@ _COUNT_CLIENT_TN = "SELECT count(*) FROM cps_entries WHERE client = ? AND tn = ?
 _TOTALS = "SELECT coalesce(sum(entries), 0), coalesce(sum(bytes), 0) FROM cps_totals"
 _POOL_BYTES = "SELECT coalesce(sum(bytes), 0) FROM cps_totals WHERE pool = ?"
 MAX_LIST = 1000  # entries one number lists at most (as the Redis store)
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """:class:`~stird.services.ports.CpsUsage` inside one transaction: a query per figure,
+    asked only while the caps before it passed."""
+
+    db: sqlite3.Connection
+    number: str
+    owner: str  # the client
+    pool: str
+
+    def _one(self, sql: str, *args: str) -> int:
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def tn_pool(self) -> int:
+        return self._one(_COUNT_TN_POOL, self.number, self.pool)
+
+    def client(self) -> int:
+        return self._one(_COUNT_CLIENT, self.owner)
+
+    def client_tn(self) -> int:
+        return self._one(_COUNT_CLIENT_TN, self.owner, self.number)
+
+    def totals(self) -> tuple[int, int]:
+        count, stored = self.db.execute(_TOTALS).fetchone()
+        return int(count), int(stored)
+
+    def pool_bytes(self) -> int:
+        return self._one(_POOL_BYTES, self.pool)
 
 
 class SqliteCpsStore:
@@ -88,25 +119,11 @@ class SqliteCpsStore:
         with sqlite_db.failures("CPS store"):
             return int(self._db.execute(_TOTALS).fetchone()[1])
 
-    def _count(self, db: sqlite3.Connection, sql: str, *args: str) -> int:
-        return int(db.execute(sql, args).fetchone()[0])
-
     def _admission(
         self, db: sqlite3.Connection, tn: str, client: str, n: int, size: int, *, caps: CpsCaps
     ) -> CpsAdmission:
-        if self._count(db, _COUNT_TN_POOL, tn, caps.pool) + n > caps.per_tn:
-            return CpsAdmission.TN_FULL
-        if self._count(db, _COUNT_CLIENT, client) + n > caps.per_client:
-            return CpsAdmission.CLIENT_FULL
-        if self._count(db, _COUNT_CLIENT_TN, client, tn) + n > caps.per_client_tn:
-            return CpsAdmission.CLIENT_TN_FULL
-        count, stored = db.execute(_TOTALS).fetchone()
-        if count + n > self._max or stored + size > self.max_bytes:
-            return CpsAdmission.STORE_FULL
-        pool_bytes = caps.pool_bytes
-        if pool_bytes is not None and self._count(db, _POOL_BYTES, caps.pool) + size > pool_bytes:
-            return CpsAdmission.STORE_FULL
-        return CpsAdmission.STORED
+        usage = _Usage(db, tn, client, caps.pool)
+        return cps_admission(usage, n, size, caps, max_entries=self._max, max_bytes=self.max_bytes)
 
     async def add(
         self,

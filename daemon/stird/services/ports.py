@@ -95,6 +95,40 @@ class CpsCaps:
     pool_bytes: int | None = None  # bytes the pool may hold in all; None: the store's bound
 
 
+class CpsUsage(Protocol):
+    """What a CPS store holds now, asked for one figure at a time (a store that must
+    query for each stops at the first cap that refuses)."""
+
+    def tn_pool(self) -> int: ...  # live entries for this number in the caps' pool
+
+    def client(self) -> int: ...  # live entries of this client, all numbers
+
+    def client_tn(self) -> int: ...  # live entries of this client for this number
+
+    def totals(self) -> tuple[int, int]: ...  # live entries and their bytes, whole store
+
+    def pool_bytes(self) -> int: ...  # bytes of the caps' pool
+
+
+def cps_admission(
+    usage: CpsUsage, n: int, size: int, caps: CpsCaps, *, max_entries: int, max_bytes: int
+) -> CpsAdmission:
+    """Whether ``n`` more entries of ``size`` bytes fit, the caps checked in one order for
+    every in-process store (the Redis store's Lua script keeps the same order)."""
+    if usage.tn_pool() + n > caps.per_tn:
+        return CpsAdmission.TN_FULL
+    if usage.client() + n > caps.per_client:
+        return CpsAdmission.CLIENT_FULL
+    if usage.client_tn() + n > caps.per_client_tn:
+        return CpsAdmission.CLIENT_TN_FULL
+    count, stored = usage.totals()
+    if count + n > max_entries or stored + size > max_bytes:
+        return CpsAdmission.STORE_FULL
+    if caps.pool_bytes is not None and usage.pool_bytes() + size > caps.pool_bytes:
+        return CpsAdmission.STORE_FULL
+    return CpsAdmission.STORED
+
+
 class CpsStore(Protocol):
     """Encrypted PASSporTs indexed by called number, each living ``ttl`` seconds.
 
