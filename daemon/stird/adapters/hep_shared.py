@@ -171,14 +171,20 @@ class OfferLog:
         head = self.head
         return position + length <= head and max(head, self.reserved) - position <= self.size
 
-    def record(self, position: int) -> tuple[str, str, str, int] | None:
-        """Call-ID, From tag, SDP and length of the record at ``position``, if intact."""
+    def _frame(self, position: int) -> tuple[tuple[int, ...], int] | None:
+        """The field lengths and total length of the record at ``position``, if intact."""
         if not self.intact(position, _RECORD.size):
             return None
         lengths = _RECORD.unpack(self.read(position, _RECORD.size))
         total = _RECORD.size + sum(lengths)
-        if not self.intact(position, total):
+        return (lengths, total) if self.intact(position, total) else None
+
+    def record(self, position: int) -> tuple[str, str, str, int] | None:
+        """Call-ID, From tag, SDP and length of the record at ``position``, if intact."""
+        frame = self._frame(position)
+        if frame is None:
             return None
+        lengths, total = frame
         body = self.read(position + _RECORD.size, total - _RECORD.size)
         call_id, tag = body[: lengths[0]], body[lengths[0] : lengths[0] + lengths[1]]
         sdp = body[lengths[0] + lengths[1] :]
@@ -186,12 +192,10 @@ class OfferLog:
 
     def call_id_at(self, position: int) -> tuple[str, int] | None:
         """The Call-ID and length of the record at ``position`` (the poll's scan)."""
-        if not self.intact(position, _RECORD.size):
+        frame = self._frame(position)
+        if frame is None:
             return None
-        lengths = _RECORD.unpack(self.read(position, _RECORD.size))
-        total = _RECORD.size + sum(lengths)
-        if not self.intact(position, total):
-            return None
+        lengths, total = frame
         return self.read(position + _RECORD.size, lengths[0]).decode(), total
 
 
