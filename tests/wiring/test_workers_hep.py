@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from stird.wiring.cli import main
 from tests.adapters.test_hep_asterisk import CALLEE, CALLER, agi_channel
 from tests.asterisk_fakes import FakeChannel, run_agi
 from tests.hep_captures import replayed, set_header, sip_text
-from tests.wiring.test_serve import free_port
+from tests.wiring.serve_workers import spawn_serve
 from tests.wiring.test_workers import alive, on_each_worker, request, until
 
 PASSWORD = "s3cret"  # capture_password of the captured variant B (file 32)
@@ -121,15 +120,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         f"[[credential]]\nname = 'main'\nkey = '{key}'\ncert = '{cert}'\ntns = ['{CALLER}']\n"
         f"[asterisk]\nhep = '127.0.0.1:0'\nhep_password = '{PASSWORD}'\nhep_wait = 1.0\n"
     )
-    run = tmp / "run"
-    run.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STIRD_", "NOTIFY_"))}
-    env |= {"RUNTIME_DIRECTORY": str(run), "PYTHONPATH": os.pathsep.join(sys.path)}
-    argv = [sys.executable, "-m", "stird", "serve", "--config", str(config),
-            "--http", f"127.0.0.1:{port}", "--jsonrpc", "off", "--agi", "127.0.0.1:0",
-            "--state-dir", str(tmp / "state")]  # fmt: skip
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    proc, port, run = spawn_serve(tmp, config)
     asterisk = socket.socket(type=socket.SOCK_DGRAM)
     try:
 

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,7 +27,7 @@ from tests.adapters.test_agi import write_dtls_cert
 from tests.adapters.test_hep_asterisk import CALLEE, CALLER, _fix_parties
 from tests.asterisk_fakes import FakeAmi, FakeChannel, channel_fields, inbound_env, run_agi
 from tests.hep_captures import replayed, set_header, sip_text
-from tests.wiring.test_serve import free_port
+from tests.wiring.serve_workers import spawn_serve
 from tests.wiring.test_workers import request, until
 
 WINDOW = 1.0  # s: [dialog] window
@@ -133,15 +130,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         f"ami_secret = '{ami.fake.secret}'\ndtls_certs = {{ trunk = '{cert}' }}\n"
         f"[dialog]\npolicy = 'mandatory'\nwindow = {WINDOW}\n"
     )
-    run = tmp / "run"
-    run.mkdir()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STIRD_", "NOTIFY_"))}
-    env |= {"RUNTIME_DIRECTORY": str(run), "PYTHONPATH": os.pathsep.join(sys.path)}
-    argv = [sys.executable, "-m", "stird", "serve", "--config", str(config),
-            "--http", f"127.0.0.1:{port}", "--jsonrpc", "off", "--agi", "127.0.0.1:0",
-            "--state-dir", str(tmp / "state")]  # fmt: skip
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
+    proc, port, run = spawn_serve(tmp, config)
     try:
         workers: dict[int, Any] = {}
 

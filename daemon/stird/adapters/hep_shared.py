@@ -60,14 +60,13 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import mmap
 import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 from stird.adapters.hep import MAX_SDP, OfferWaits
-from stird.adapters.store_shm import ShmStore
+from stird.adapters.store_shm import ShmStore, map_shared
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +90,7 @@ class OfferLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            self._map = mmap.mmap(self._fd, 0)
-        except (OSError, ValueError):
-            os.close(self._fd)
-            raise
+        self._fd, self._map = map_shared(path)
         magic, size, _ = _HEADER.unpack_from(self._map)
         if magic != _MAGIC or len(self._map) != _HEADER_SIZE + size:
             self.close()

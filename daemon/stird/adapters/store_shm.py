@@ -48,6 +48,17 @@ _SAMPLE = 16  # entries compared when evicting
 _EVICT_SWEEP = 16  # slots an evicting table sweeps to make room (the cursor goes around)
 
 
+def map_shared(path: Path) -> tuple[int, mmap.mmap]:
+    """``path`` opened read-write and mapped whole (the descriptor stays open for the
+    ``fcntl`` locks); nothing is left open if the mapping fails."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return fd, mmap.mmap(fd, 0)
+    except (OSError, ValueError):
+        os.close(fd)
+        raise
+
+
 def _slot_size(value_size: int) -> int:
     return (_SLOT_HEAD.size + value_size + 7) // 8 * 8
 
@@ -58,12 +69,7 @@ class ShmStore:
     def __init__(self, path: Path, clock: Clock = system_clock) -> None:
         self.path = path
         self._clock = clock
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            self._map = mmap.mmap(self._fd, 0)
-        except (OSError, ValueError):
-            os.close(self._fd)
-            raise
+        self._fd, self._map = map_shared(path)
         magic, slots, max_entries, value_size, evict, _, _, salt = _HEADER.unpack_from(self._map)
         if magic != _MAGIC:
             self.close()
