@@ -151,6 +151,24 @@ async def test_bounded_evicts_soonest_expiring(backend: str, tmp_path: Path) -> 
             await store.set("big", b"x" * 65, 10)
 
 
+async def test_sqlite_store_bounds_the_bytes_of_its_values(tmp_path: Path) -> None:
+    """The shared file lives in tmpfs: many large values (a flood of publications, each
+    under the value bound) push out the soonest-expiring others, never past max_bytes."""
+    clock = FakeClock()
+    SqliteStore.create(tmp_path / "kv.sqlite")
+    store = SqliteStore(tmp_path / "kv.sqlite", max_value=1000, max_bytes=4000, clock=clock)
+    await store.set("long", b"L" * 1000, 1000)
+    for n in range(20):
+        await store.set(f"k{n}", b"x" * 1000, 10 + n)
+    assert len(store) == 4
+    assert await store.get("long") is not None  # expires last: kept
+    assert [n for n in range(20) if await store.get(f"k{n}") is not None] == [17, 18, 19]
+    await store.set("long", b"L" * 1000, 1000)  # a same-size overwrite evicts nothing
+    assert len(store) == 4
+    with pytest.raises(ValueError, match="max_bytes"):
+        SqliteStore(tmp_path / "kv.sqlite", max_value=1000, max_bytes=999)
+
+
 # -- memory store ----------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@ varied for the fixed slots of stird.adapters.store_shm.
 
 Bounded like :class:`~stird.adapters.store_memory.MemoryStore`: at most ``max_entries``
 live entries (a new key evicts the one that expires soonest) and values of at most
-``max_value`` bytes (:class:`~stird.services.stores.StoreFull` beyond). ``add`` is one
+``max_value`` bytes (:class:`~stird.services.stores.StoreFull` beyond); and, as the file
+lives in tmpfs (memory), at most ``max_bytes`` of values in all (the soonest-expiring
+other entries go to make room). ``add`` is one
 ``BEGIN IMMEDIATE`` transaction, so it is atomic across processes.
 """
 
@@ -33,12 +35,14 @@ class SqliteStore:
         max_entries: int = 100_000,
         *,
         max_value: int = 256 * 1024,
+        max_bytes: int = 64 * 1024 * 1024,
         clock: Clock = system_clock,
         timeout: float = sqlite_db.BUSY_TIMEOUT,
     ) -> None:
-        if max_entries < 1 or max_value < 1:
-            raise ValueError("max_entries and max_value must be at least 1")
+        if max_entries < 1 or max_value < 1 or max_bytes < max_value:
+            raise ValueError("need max_entries, max_value >= 1 and max_bytes >= max_value")
         self.path, self._max, self._max_value, self._clock = path, max_entries, max_value, clock
+        self._max_bytes = max_bytes
         with sqlite_db.failures("shared store"):
             self._db = sqlite_db.connect(path, timeout)
             self._db.execute("SELECT count(*) FROM kv").fetchone()  # damaged: fail now
@@ -83,7 +87,24 @@ class SqliteStore:
             db.execute(
                 "INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, now + max(ttl, MIN_TTL))
             )
+            self._trim_bytes(db, key)
         return True
+
+    def _trim_bytes(self, db: sqlite3.Connection, kept: str) -> None:
+        """Soonest-expiring entries other than ``kept`` go until the values fit ``max_bytes``."""
+        total = int(db.execute("SELECT coalesce(sum(length(value)), 0) FROM kv").fetchone()[0])
+        if total <= self._max_bytes:
+            return
+        rows = db.execute(
+            "SELECT key, length(value) FROM kv WHERE key != ? ORDER BY expiry", (kept,)
+        ).fetchall()
+        doomed = []
+        for other, size in rows:
+            if total <= self._max_bytes:
+                break
+            doomed.append((other,))
+            total -= int(size)
+        db.executemany("DELETE FROM kv WHERE key = ?", doomed)
 
     def _make_room(self, db: sqlite3.Connection) -> None:
         over = int(db.execute("SELECT count(*) FROM kv").fetchone()[0]) - self._max + 1
