@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from stird.services.dialogs import (
     Decision,
     DialogHandle,
     DialogPolicy,
+    DialogRecord,
     DialogStore,
     MemoryDialogStore,
     MsecPolicy,
@@ -216,3 +218,94 @@ async def test_opportunistic_early_failure_is_only_recorded() -> None:
     clock.now += 60
     await dp.tick()
     assert ender.ended == [] and outcomes == [Outcome.INVALID]
+
+
+# -- two workers racing on one dialog (compare-and-set on the phase) -------------------
+
+
+class Interleaved:
+    """A store through which a worker sees another worker's write land between its own
+    read (``get`` / ``claim_due``) and its write: ``meanwhile`` runs once, right after."""
+
+    def __init__(self, inner: DialogStore) -> None:
+        self.inner = inner
+        self._meanwhile: Callable[[DialogStore], None] = lambda _: None
+
+    def arm(self, meanwhile: Callable[[DialogStore], None]) -> None:
+        self._meanwhile = meanwhile
+
+    def _once(self) -> None:
+        meanwhile, self._meanwhile = self._meanwhile, lambda _: None
+        meanwhile(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def get(self, call_id: str) -> DialogRecord | None:
+        record = self.inner.get(call_id)
+        self._once()
+        return record
+
+    def claim_due(self, now: float) -> list[DialogRecord]:
+        claimed = self.inner.claim_due(now)
+        self._once()
+        return claimed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@dataclass
+class Race:
+    dp: DialogPolicy
+    store: Interleaved
+    ender: FakeEnder = field(default_factory=FakeEnder)
+    clock: Clock = field(default_factory=Clock)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+
+def racing() -> Race:
+    ender, clock, outcomes = FakeEnder(), Clock(), []
+    store = Interleaved(_stores[-1](100))
+    dp = DialogPolicy(ender, window=5.0, clock=clock, store=store,
+                      on_outcome=lambda c, o, p: outcomes.append(o))  # fmt: skip
+    return Race(dp, store, ender, clock, outcomes)
+
+
+async def test_a_proof_confirmed_by_another_worker_after_the_timer_claimed_it_wins() -> None:
+    """The window's timer (this worker) claims the dialog; the callee's valid proof is
+    confirmed on another worker before this one acts: the call is not ended."""
+
+    def confirm_elsewhere(store: DialogStore) -> None:
+        record = store.get("c1")
+        if record is not None:
+            store.update(replace(record, phase=Phase.CONFIRMED))
+
+    race = racing()
+    race.dp.offered("c1", H)
+    race.dp.answered("c1")
+    race.clock.now += 6
+    race.store.arm(confirm_elsewhere)
+    assert await race.dp.tick() == 0
+    assert race.ender.ended == [] and race.outcomes == []
+    assert race.dp.phase("c1") is Phase.CONFIRMED
+
+
+async def test_an_answer_read_before_another_worker_failed_the_dialog_cannot_undo_it() -> None:
+    """This worker reads the dialog (offered) for the 2xx; meanwhile another worker fails
+    it on an invalid early proof. The stale answer must not put it back to ANSWERED with
+    a fresh window: the 2xx ends it at once."""
+
+    def fail_elsewhere(store: DialogStore) -> None:
+        record = store.get("c1")
+        if record is not None:
+            failed = replace(record, phase=Phase.FAILED, pending=Outcome.INVALID)
+            store.update(failed)
+
+    race = racing()
+    race.dp.offered("c1", H)
+    race.store.arm(fail_elsewhere)
+    race.dp.answered("c1")
+    assert race.dp.phase("c1") is Phase.FAILED
+    await race.dp.tick()
+    assert [reason for _, reason in race.ender.ended] == ['STIR;cause=438;text="msec: invalid"']

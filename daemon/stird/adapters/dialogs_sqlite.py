@@ -94,15 +94,19 @@ class SqliteDialogStore:
                  *kamailio, record.handle.asterisk_channel),
             )  # fmt: skip
 
-    def update(self, record: DialogRecord, *, due: float | None = None) -> None:
+    def update(
+        self, record: DialogRecord, *, due: float | None = None, expect: Phase | None = None
+    ) -> bool:
+        """One statement, so the phase test and the change are atomic across workers."""
         with sqlite_db.failures("dialog store"):
-            self._db.execute(
+            cursor = self._db.execute(
                 "UPDATE dialogs SET phase = ?, deadline = ?, retries = ?, pending = ?, "
-                "due = coalesce(?, due) WHERE call_id = ?",
+                "due = coalesce(?, due) WHERE call_id = ? AND (? IS NULL OR phase = ?)",
                 (record.phase.value, record.deadline, record.retries,
                  None if record.pending is None else record.pending.value, due,
-                 record.call_id),
+                 record.call_id, *(2 * [None if expect is None else expect.value])),
             )  # fmt: skip
+        return cursor.rowcount > 0
 
     def remove(self, call_id: str) -> None:
         with sqlite_db.failures("dialog store"):

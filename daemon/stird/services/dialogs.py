@@ -31,6 +31,7 @@ from stird.services.stores import StoreUnavailable
 log = logging.getLogger(__name__)
 
 REPAIRABLE = frozenset({428, 436, 437, 438})  # RFC 8224 §6.1.1, RFC 8862 §4.3
+_RACES = 3  # reads and compare-and-sets before giving up to a busier worker
 
 
 class MsecPolicy(enum.StrEnum):
@@ -92,8 +93,12 @@ class DialogStore(Protocol):
         dialogs go."""
         ...
 
-    def update(self, record: DialogRecord, *, due: float | None = None) -> None:
-        """Change a dialog that is still tracked (else nothing); ``due``: arm its timer."""
+    def update(
+        self, record: DialogRecord, *, due: float | None = None, expect: Phase | None = None
+    ) -> bool:
+        """Change a dialog that is still tracked (else nothing) and, with ``expect``, still
+        in that phase (compare-and-set: another process may have moved it); ``due``: arm
+        its timer. True when changed."""
         ...
 
     def remove(self, call_id: str) -> None: ...
@@ -129,12 +134,16 @@ class MemoryDialogStore:
             self._dialogs.popitem(last=False)  # the oldest goes; it is counted nowhere
         self._dialogs[record.call_id] = record
 
-    def update(self, record: DialogRecord, *, due: float | None = None) -> None:
-        if record.call_id not in self._dialogs:
-            return
+    def update(
+        self, record: DialogRecord, *, due: float | None = None, expect: Phase | None = None
+    ) -> bool:
+        current = self._dialogs.get(record.call_id)
+        if current is None or (expect is not None and current.phase is not expect):
+            return False
         self._dialogs[record.call_id] = record
         if due is not None:
             heapq.heappush(self._timers, (due, record.call_id))
+        return True
 
     def remove(self, call_id: str) -> None:
         self._dialogs.pop(call_id, None)
@@ -210,16 +219,19 @@ class DialogPolicy:
 
     def answered(self, call_id: str) -> None:
         """A 2xx arrived: start the window for the backwards signed request."""
-        dialog = self._get(call_id)
-        if dialog is None or dialog.deadline is not None:
-            return
-        if dialog.pending is not None:  # failed on the early dialog: end it now
-            dialog = replace(dialog, deadline=self._clock())
-        elif dialog.phase is Phase.OFFERED:
-            dialog = replace(dialog, phase=Phase.ANSWERED, deadline=self._clock() + self.window)
-        else:  # confirmed on the early dialog: nothing is due
-            return
-        self._save(dialog, due=dialog.deadline)
+        for _ in range(_RACES):
+            dialog = self._get(call_id)
+            if dialog is None or dialog.deadline is not None:
+                return
+            if dialog.pending is not None:  # failed on the early dialog: end it now
+                answered = replace(dialog, deadline=self._clock())
+            elif dialog.phase is Phase.OFFERED:
+                answered = replace(dialog, phase=Phase.ANSWERED,
+                                   deadline=self._clock() + self.window)  # fmt: skip
+            else:  # confirmed on the early dialog: nothing is due
+                return
+            if self._swap(dialog, answered, due=answered.deadline):
+                return
 
     def _save(self, dialog: DialogRecord, *, due: float | None = None) -> None:
         try:
@@ -227,16 +239,28 @@ class DialogPolicy:
         except StoreUnavailable as exc:
             log.warning("msec dialog %s: the dialog store failed: %s", dialog.call_id, exc)
 
+    def _swap(self, old: DialogRecord, new: DialogRecord, *, due: float | None = None) -> bool:
+        """``new`` stored if the dialog is still in ``old``'s phase: False when another
+        worker moved it first (the caller reads it again). A failing store is logged and
+        the caller acts on what it read, as one process would."""
+        try:
+            return self._store.update(new, due=due, expect=old.phase)
+        except StoreUnavailable as exc:
+            log.warning("msec dialog %s: the dialog store failed: %s", old.call_id, exc)
+            return True
+
     async def backwards(self, call_id: str, valid: bool) -> Decision:
         """The callee's signed backwards request was verified (RFC 8862 §4.3)."""
-        dialog = self._get(call_id)
-        if dialog is None or dialog.phase in (Phase.CONFIRMED, Phase.FAILED):
-            return Decision.CONTINUE
-        if valid:
-            self._save(replace(dialog, phase=Phase.CONFIRMED))
-            self._record(call_id, Outcome.CONFIRMED)
-            return Decision.CONTINUE
-        return await self._fail(dialog, Outcome.INVALID)
+        for _ in range(_RACES):
+            dialog = self._get(call_id)
+            if dialog is None or dialog.phase in (Phase.CONFIRMED, Phase.FAILED):
+                return Decision.CONTINUE
+            if not valid:
+                return await self._fail(dialog, Outcome.INVALID) or Decision.CONTINUE
+            if self._swap(dialog, replace(dialog, phase=Phase.CONFIRMED)):
+                self._record(call_id, Outcome.CONFIRMED)
+                return Decision.CONTINUE
+        return Decision.CONTINUE
 
     async def refused(self, call_id: str, code: int) -> Decision:
         """Our signed mid-dialog request got ``code``: one retry, then the policy."""
@@ -246,7 +270,7 @@ class DialogPolicy:
         if dialog.retries == 0:
             self._save(replace(dialog, retries=1))
             return Decision.RETRY
-        return await self._fail(dialog, Outcome.REJECTED)
+        return await self._fail(dialog, Outcome.REJECTED) or Decision.CONTINUE
 
     def ended(self, call_id: str) -> None:
         """BYE / hangup: forget the dialog (a timer of its is dropped when due)."""
@@ -261,26 +285,30 @@ class DialogPolicy:
         now, failed = self._clock(), 0
         for dialog in self._store.claim_due(now):
             if dialog.phase is Phase.ANSWERED:
-                await self._fail(dialog, Outcome.TIMED_OUT)
-                failed += 1
+                if await self._fail(dialog, Outcome.TIMED_OUT) is not None:
+                    failed += 1
             elif dialog.pending is not None:
                 await self._end(dialog, dialog.pending)
         self._store.evict_created_before(now - self._max_age)
         return failed
 
-    async def _fail(self, dialog: DialogRecord, outcome: Outcome) -> Decision:
+    async def _fail(self, dialog: DialogRecord, outcome: Outcome) -> Decision | None:
+        """The policy's answer to a failed dialog; None (go on) when another worker moved
+        the dialog first: confirmed by a valid proof, or already failed (and ended) there."""
         answered = dialog.deadline is not None
-        dialog = replace(dialog, phase=Phase.FAILED)
-        self._record(dialog.call_id, outcome)
+        failed = replace(dialog, phase=Phase.FAILED)
         if self.policy is MsecPolicy.OPPORTUNISTIC:
-            self._save(dialog)
-            return Decision.CONTINUE
-        if not answered:
-            self._save(replace(dialog, pending=outcome))  # ended at the 2xx (answered())
-            return Decision.END
-        self._save(dialog)
-        await self._end(dialog, outcome)
-        return Decision.END
+            decision = Decision.CONTINUE
+        elif not answered:
+            failed, decision = replace(failed, pending=outcome), Decision.END  # at the 2xx
+        else:
+            decision = Decision.END
+        if not self._swap(dialog, failed):
+            return None
+        self._record(dialog.call_id, outcome)
+        if decision is Decision.END and answered:
+            await self._end(failed, outcome)
+        return decision
 
     async def _end(self, dialog: DialogRecord, outcome: Outcome) -> None:
         try:
