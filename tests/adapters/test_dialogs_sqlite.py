@@ -8,15 +8,15 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stird.adapters.dialogs_sqlite import SqliteDialogStore
-from stird.services.dialogs import Decision, DialogHandle, DialogPolicy, Phase
+from stird.adapters.dialogs_sqlite import LEASE, SqliteDialogStore
+from stird.services.dialogs import Decision, DialogHandle, DialogPolicy, Outcome, Phase
 
 N = 200
 
@@ -110,3 +110,34 @@ async def test_a_failing_store_never_crashes_the_policy(tmp_path: Path) -> None:
 
     with pytest.raises(StoreUnavailable):  # the timer task: logged, restarted (supervisor)
         await policy.tick()
+
+
+async def test_a_dialog_claimed_by_a_worker_that_died_is_ended_by_another(
+    tmp_path: Path,
+) -> None:
+    """A worker claims an overdue dialog (or fails it) and is killed before it ends the
+    call: the claim is a lease, so another worker ends the call after LEASE, not never."""
+    path = tmp_path / "dialogs.sqlite"
+    SqliteDialogStore.create(path)
+    recorder = DialogPolicy(Ender(), window=5.0, clock=Fixed(1000.0),
+                            store=SqliteDialogStore(path))  # fmt: skip
+    for call in ("claimed", "failed"):
+        recorder.offered(call, DialogHandle(asterisk_channel=call))
+        recorder.answered(call)
+    dead = SqliteDialogStore(path)
+    claimed = dead.claim_due(1006.0)  # the dying worker's tick: it claims both...
+    assert sorted(d.call_id for d in claimed) == ["claimed", "failed"]
+    failed = next(d for d in claimed if d.call_id == "failed")  # ...fails one, then dies
+    assert dead.update(replace(failed, phase=Phase.FAILED, pending=Outcome.TIMED_OUT),
+                       expect=Phase.ANSWERED)  # fmt: skip
+    ender = Ender()
+    survivor = DialogPolicy(ender, window=5.0, clock=Fixed(1006.0 + LEASE - 1),
+                            store=SqliteDialogStore(path))  # fmt: skip
+    assert await survivor.tick() == 0 and ender.ended == []  # the lease still runs
+    survivor = DialogPolicy(ender, window=5.0, clock=Fixed(1006.0 + LEASE),
+                            store=SqliteDialogStore(path))  # fmt: skip
+    await survivor.tick()
+    assert sorted(h.asterisk_channel or "" for h in ender.ended) == ["claimed", "failed"]
+    assert len(recorder) == 0
+    await survivor.tick()
+    assert len(ender.ended) == 2  # once each

@@ -2,7 +2,7 @@
 share (one SQLite file, stird.adapters.sqlite_db): a dialog offered through one worker
 can be answered, confirmed or ended through another, and the timer task of whichever
 worker comes first ends an overdue one — exactly once, since claiming the due dialogs is
-one ``UPDATE … RETURNING`` that disarms their timers.
+one ``UPDATE … RETURNING`` that leases their timers (:data:`LEASE`).
 
 One row per Call-ID (``seq`` orders them by insertion: beyond ``max_dialogs`` the oldest
 go, as in the memory store). Times are the policy's clock, which must be the same for
@@ -32,9 +32,15 @@ _COLUMNS = (
 )
 _GET = f"SELECT {_COLUMNS} FROM dialogs WHERE call_id = ?"  # noqa: S608 - constants
 _INSERT = f"INSERT INTO dialogs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-_CLAIM = f"""UPDATE dialogs SET due = NULL WHERE seq IN
+# A claimed dialog that still needs an action (an answered one to fail, a failed one to
+# end) is leased, not disarmed: its timer comes back LEASE seconds later, so a worker killed
+# between the claim and the end leaves it to the others instead of leaving the call up.
+# Ending it removes the row; a second end of one dialog is harmless (the PBX knows it no more).
+_CLAIM = f"""UPDATE dialogs SET due = CASE WHEN phase = 'answered' OR pending IS NOT NULL
+    THEN ? ELSE NULL END WHERE seq IN
     (SELECT seq FROM dialogs WHERE due <= ? ORDER BY due LIMIT ?) RETURNING {_COLUMNS}"""  # noqa: S608
 MAX_CLAIM = 1000  # dialogs one tick claims at most (the rest wait for the next tick)
+LEASE = 30.0  # s a worker has to act on the dialogs it claimed (the PBX calls time out first)
 
 
 def _record(row: Any) -> DialogRecord:
@@ -114,7 +120,7 @@ class SqliteDialogStore:
 
     def claim_due(self, now: float) -> list[DialogRecord]:
         with sqlite_db.failures("dialog store"):
-            rows = self._db.execute(_CLAIM, (now, MAX_CLAIM)).fetchall()
+            rows = self._db.execute(_CLAIM, (now + LEASE, now, MAX_CLAIM)).fetchall()
         return [_record(row) for row in rows]
 
     def evict_created_before(self, moment: float) -> None:

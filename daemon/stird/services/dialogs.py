@@ -105,7 +105,9 @@ class DialogStore(Protocol):
 
     def claim_due(self, now: float) -> list[DialogRecord]:
         """The tracked dialogs whose timer is due at ``now``, their timers disarmed, in one
-        atomic step: among processes sharing the store, each is handed to one only."""
+        atomic step: among processes sharing the store, each is handed to one only (a
+        shared store leases those that still need an action instead of disarming them, so
+        they come back if the claimer dies before it acts)."""
         ...
 
     def evict_created_before(self, moment: float) -> None: ...
@@ -299,10 +301,9 @@ class DialogPolicy:
         failed = replace(dialog, phase=Phase.FAILED)
         if self.policy is MsecPolicy.OPPORTUNISTIC:
             decision = Decision.CONTINUE
-        elif not answered:
-            failed, decision = replace(failed, pending=outcome), Decision.END  # at the 2xx
-        else:
-            decision = Decision.END
+        else:  # ended at the 2xx or now; pending until then, so a worker that picks the
+            # dialog up after this one died (a shared store's lease) ends it too
+            failed, decision = replace(failed, pending=outcome), Decision.END
         if not self._swap(dialog, failed):
             return None
         self._record(dialog.call_id, outcome)
