@@ -20,7 +20,6 @@ from stird.adapters.dialog_enders import (
     RoutingEnder,
 )
 from stird.adapters.kamailio_rpc import KamailioRpc, KamailioTarget
-from stird.adapters.metrics import Metrics
 from stird.services.dialogs import DialogHandle, DialogPolicy, Outcome
 from tests.asterisk_fakes import FakeAmi, channel_fields
 
@@ -82,20 +81,6 @@ async def test_kamailio_ender_survives_an_unreachable_kamailio() -> None:
         assert await KamailioEnder(rpc).end(DialogHandle(kamailio=LIVE), REASON) is False
     finally:
         await rpc.close()
-
-
-@pytest.fixture
-async def ami() -> AsyncIterator[tuple[FakeAmi, AmiClient]]:
-    fake = FakeAmi()
-    await fake.start()
-    settings = AmiSettings(port=fake.port, secret="stird-ami-secret", timeout=0.5,
-                           backoff_min=0.05, backoff_max=0.2)  # fmt: skip
-    client = AmiClient(settings, Metrics())
-    await client.start()
-    assert await client.wait_connected(2.0)
-    yield fake, client
-    await client.close()
-    await fake.stop()
 
 
 async def test_asterisk_ender_hangs_the_channel_up(ami: tuple[FakeAmi, AmiClient]) -> None:

@@ -24,13 +24,12 @@ from typing import Any
 import pytest
 
 from stird.adapters.agi import AgiServer
-from stird.adapters.ami import AmiClient, AmiSettings
+from stird.adapters.ami import AmiClient
 from stird.adapters.api import StirApi
 from stird.adapters.dialog_api import DialogApi
 from stird.adapters.dialog_enders import AsteriskEnder
 from stird.adapters.dtls import DtlsCertificates
 from stird.adapters.hep import HepCollector, SdpStore
-from stird.adapters.metrics import Metrics
 from stird.core.hep import parse_sip
 from stird.core.identity import parse_identity
 from stird.services.dialogs import DialogPolicy, MsecPolicy, Phase
@@ -256,20 +255,6 @@ def test_the_store_is_bounded_and_short_lived() -> None:
 
 
 # --- connected identity (RFC 8862 §4.3–4.4) ----------------------------------------------
-
-
-@pytest.fixture
-async def ami() -> AsyncIterator[tuple[FakeAmi, AmiClient]]:
-    fake = FakeAmi()
-    await fake.start()
-    settings = AmiSettings(port=fake.port, secret="stird-ami-secret", timeout=0.5,
-                           backoff_min=0.05, backoff_max=0.2)  # fmt: skip
-    client = AmiClient(settings, Metrics())
-    await client.start()
-    assert await client.wait_connected(2.0)
-    yield fake, client
-    await client.close()
-    await fake.stop()
 
 
 PHONE = "PJSIP/phone-00000001"
