@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from stird.adapters.ami import AmiClient, AmiSettings
 from stird.adapters.metrics import Metrics
+from stird.core import certs
+from stird.core.oob import DecryptionKey, OobSuite
+from tests.adapters.test_cps_server import Pki
 from tests.asterisk_fakes import FakeAmi
 
 
@@ -24,3 +30,15 @@ async def ami() -> AsyncIterator[tuple[FakeAmi, AmiClient]]:
     yield fake, client
     await client.close()
     await fake.stop()
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    """A STIR root CA (the CPS tests' trust anchor for publications and store tokens)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Pki(certs.make_stir_cert(key, now=int(time.time()) - 60, ca=True), key)
+
+
+@pytest.fixture(scope="module")
+def enc() -> DecryptionKey:
+    return DecryptionKey.generate(OobSuite.X25519, secrets.token_bytes)

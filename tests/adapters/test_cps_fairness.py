@@ -29,7 +29,7 @@ from stird.adapters.store_memory import MemoryStore
 from stird.adapters.store_shm import ShmStore
 from stird.core import certs, cps, oob
 from stird.core.errors import StirError
-from stird.core.oob import DecryptionKey, OobSuite, SealedEntry
+from stird.core.oob import DecryptionKey, SealedEntry
 from stird.core.oobkeys import PublicationPolicy
 from stird.services.cps import CpsBusy, CpsPolicy, CpsService
 from stird.services.keydir import KeyDirectory
@@ -40,17 +40,6 @@ from tests.core.vectors import RFC8225_TOKEN
 
 TN = "12025550101"
 BIG = oob.BUCKETS[-1]
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return Pki(certs.make_stir_cert(key, now=int(time.time()) - 60, ca=True), key)
-
-
-@pytest.fixture(scope="module")
-def enc() -> DecryptionKey:
-    return DecryptionKey.generate(OobSuite.X25519, secrets.token_bytes)
 
 
 def signer(pki: Pki) -> StoreIdentity:

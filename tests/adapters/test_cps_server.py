@@ -53,17 +53,6 @@ class Pki:
                                          now=now)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return Pki(certs.make_stir_cert(key, now=int(time.time()) - 60, ca=True), key)
-
-
-@pytest.fixture(scope="module")
-def enc() -> DecryptionKey:
-    return DecryptionKey.generate(OobSuite.X25519, secrets.token_bytes)
-
-
 @asynccontextmanager
 async def serving(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app, access_log=None)
