@@ -44,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from prometheus_client import Counter
+
 from stird.adapters.api import StirApi
 from stird.core.errors import StirError
 from stird.core.hep import HepError, SipMessage, decode_hep, parse_sip
@@ -303,6 +305,7 @@ class HepCollector(asyncio.DatagramProtocol):
         self.api, self._password = api, password.encode() if password else None
         self.store = store if store is not None else SdpStore(clock=clock)
         self.metrics = api.metrics  # stird_hep_* (stird.adapters.metrics)
+        self._counted: dict[str, Counter] = {}  # stird_hep_datagrams children by result
         self.digests: SeenDigests = digests if digests is not None else Digests()
         self._max_tasks = max_tasks
         self.book: DialogBook = (
@@ -356,7 +359,10 @@ class HepCollector(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.health["datagrams"] += 1
         result = self.receive(data)
-        self.metrics.hep_datagrams.labels(result).inc()
+        counted = self._counted.get(result)
+        if counted is None:  # labels() takes a lock and builds the label tuple: once a result
+            counted = self._counted[result] = self.metrics.hep_datagrams.labels(result)
+        counted.inc()
         if result in ("decode-error", "auth-failed"):
             self.health["rejected"] += 1
 
